@@ -1,0 +1,68 @@
+"""Rounding-error bounds that let a fast engine prove it matches the reference.
+
+The reference sums each output in scipy's order in float64. An engine that
+sums in another order (a gather over a column's 32 weights, a compacted
+network whose merged weights reassociate the sums, float32 arithmetic)
+produces slightly different values. Where a value is far from the ReLU
+threshold 0 and the clamp 32, both land on the same side; only values
+within a rounding band of a threshold can flip a category.
+
+For one row let ``e`` bound ``|computed - exact|`` over its activations
+(0 for the input images, which are exact). For a layer with largest
+column abs-sum ``C``, at most ``M`` nonzeros per column, bias ``b`` and
+unit roundoff ``u`` (standard forward error of a sum, Higham 2002, 3.1)::
+
+    e' = C * e + gamma(M + 1) * (C * (YMAX + e) + |b|),  gamma(n) = n u / (1 - n u)
+
+bounds the error of every pre-activation. The reference's own error obeys
+the same bound with the float64 ``u``, so a computed value farther than
+``band = e'(fast) + e'(float64)`` from 0 and from 32 is on the reference's
+side. ReLU and the clamp are 1-Lipschitz, and a value firmly below 0 or
+above 32 comes out exact (0 or 32) in both, so the row's next ``e`` is
+``e'`` if any value stayed strictly between the thresholds, else 0. Rows
+with a value inside the band are flagged and recomputed by the reference.
+"""
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..catalog import YMAX
+
+
+def unit_roundoff(dtype):
+    """Half the machine epsilon of ``dtype`` (2**-53 for float64)."""
+    return float(np.finfo(dtype).eps) / 2
+
+
+def gamma(n, u):
+    """Higham's gamma_n = n u / (1 - n u)."""
+    return n * u / (1.0 - n * u)
+
+
+def layer_constants(weights):
+    """``(C, M)``: largest column abs-sum and largest column nonzero count of a layer."""
+    csc = sp.csc_matrix(weights)
+    counts = np.diff(csc.indptr)
+    sums = np.zeros(csc.shape[1])
+    np.add.at(sums, np.repeat(np.arange(csc.shape[1]), counts), np.abs(csc.data))
+    return float(sums.max(initial=0.0)), int(counts.max(initial=0))
+
+
+def next_error(error, growth, max_terms, bias, dtype=np.float64):
+    """The bound ``e'`` on a layer's pre-activations, given the bound ``error`` on its inputs.
+
+    Works elementwise on arrays (one bound per row).
+    """
+    g = gamma(max_terms + 1, unit_roundoff(dtype))
+    return growth * error + g * (growth * (YMAX + error) + abs(bias))
+
+
+def band(error, growth, max_terms, bias, dtype=np.float64):
+    """Half-width of the band around 0 and 32 inside which a value is not trusted.
+
+    ``error`` bounds the inputs of the fast engine in ``dtype``; the band
+    adds the reference's own float64 error (bounded by the same recursion
+    with the float64 roundoff, which is at most the fast engine's).
+    """
+    fast = next_error(error, growth, max_terms, bias, dtype)
+    return 2.0 * fast

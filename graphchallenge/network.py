@@ -1,0 +1,202 @@
+"""The network object and loading a challenge from a data folder.
+
+A :class:`Network` is a sequence of sparse weight matrices (``Y @ W``
+convention: ``W[i, j]`` is the edge from neuron i to neuron j), one scalar
+bias, and, for a network derived from another (a compacted or fine-tuned
+one), the network whose float64 evaluation defines the exact answer.
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import catalog, io, layout
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+class LayerFiles(Sequence):
+    """Layers read from TSV files on demand, through the binary cache.
+
+    Holding only the file names keeps deep networks (65536 x 1920 is 4
+    billion edges) out of memory: an engine that walks the layers in order
+    holds one at a time.
+    """
+
+    def __init__(self, paths, shapes, cache=True):
+        if len(paths) != len(shapes):
+            raise ValueError("one shape per layer file")
+        self.paths = [Path(p) for p in paths]
+        self.shapes = [tuple(s) for s in shapes]
+        self.cache = cache
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return LayerFiles(self.paths[index], self.shapes[index], self.cache)
+        return io.read_layer(self.paths[index], shape=self.shapes[index], cache=self.cache)
+
+
+class Network:
+    """A sparse DNN: ``Y <- min(32, max(0, Y @ W_k + bias on the structure)))`` per layer.
+
+    Parameters
+    ----------
+    layers : sequence of scipy.sparse matrices
+        In memory (a list) or on demand (:class:`LayerFiles`).
+    bias : float
+        Added to the structural nonzeros of every ``Y @ W_k``.
+    name : str, optional
+        For reports, e.g. ``neuron1024-l120``.
+    origin : Network, optional
+        The network this one was derived from and must agree with exactly
+        (see :attr:`exact_reference`).
+    config : catalog.Config, optional
+        The challenge configuration the network belongs to.
+    """
+
+    def __init__(self, layers, bias, name=None, origin=None, config=None):
+        if len(layers) == 0:
+            raise DataError("a network needs at least one layer")
+        self.layers = layers
+        self.bias = float(bias)
+        self.name = name or "network"
+        self.origin = origin
+        self.config = config
+        self._shapes = list(layers.shapes) if isinstance(layers, LayerFiles) else [w.shape for w in layers]
+        for k in range(1, len(self._shapes)):
+            if self._shapes[k][0] != self._shapes[k - 1][1]:
+                raise DataError(f"layer {k + 1} has {self._shapes[k][0]} inputs but layer {k} "
+                                f"has {self._shapes[k - 1][1]} outputs")
+        self._edges = None
+
+    def __repr__(self):
+        return (f"Network({self.name!r}, {self.n_layers} layers, {self.n_features} -> "
+                f"{self.n_outputs} neurons, bias={self.bias})")
+
+    @property
+    def n_layers(self):
+        return len(self.layers)
+
+    @property
+    def shapes(self):
+        """``(inputs, outputs)`` of every layer."""
+        return list(self._shapes)
+
+    @property
+    def n_features(self):
+        """Width of the input rows (N for a challenge network)."""
+        return self._shapes[0][0]
+
+    @property
+    def n_outputs(self):
+        return self._shapes[-1][1]
+
+    @property
+    def edges(self):
+        """Nonzero weights in all layers (reads every layer once if they are on disk)."""
+        if self._edges is None:
+            self._edges = int(sum(w.nnz for w in self.layers))
+        return self._edges
+
+    @property
+    def exact_reference(self):
+        """The network whose float64 evaluation by the reference engine is the truth.
+
+        A challenge network is its own; a compacted network answers to the
+        original it came from.
+        """
+        network = self
+        while network.origin is not None:
+            network = network.origin
+        return network
+
+    def in_memory(self):
+        """This network with every layer loaded (a no-op for in-memory layers)."""
+        if not isinstance(self.layers, LayerFiles):
+            return self
+        return Network(list(self.layers), self.bias, self.name, self.origin, self.config)
+
+
+@dataclass
+class Challenge:
+    """A network, its inputs and (where known) the truth categories."""
+
+    config: catalog.Config
+    network: Network
+    inputs: object  # scipy.sparse.csr_matrix, n_inputs x N
+    truth: np.ndarray = None
+    files: dict = field(default_factory=dict)
+
+    @property
+    def n_inputs(self):
+        return self.inputs.shape[0]
+
+
+def load_network(cfg, root=None, cache=True, lazy=None):
+    """Load the first ``cfg.layers`` layers of network ``cfg.neurons`` from a data folder.
+
+    Parameters
+    ----------
+    cfg : catalog.Config
+    root : path-like, optional
+        Data folder (server or flat layout, see :mod:`graphchallenge.layout`).
+    cache : bool
+        Use the binary cache.
+    lazy : bool, optional
+        Read layers on demand instead of all at once; by default lazy when
+        the network has more than 2**28 edges.
+    """
+    root = layout.data_dir(root)
+    folder = layout.require(layout.find_network_dir(cfg, root), "network folder", cfg, root)
+    paths = [folder / cfg.layer_name(k) for k in range(1, cfg.layers + 1)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"{folder} lacks {len(missing)} of the {cfg.layers} layer files, first "
+                        f"{missing[0].name}; download or extract them again")
+    layers = LayerFiles(paths, [(cfg.neurons, cfg.neurons)] * cfg.layers, cache=cache)
+    if lazy is None:
+        lazy = cfg.edges > 2**28
+    if not lazy:
+        layers = list(layers)
+    return Network(layers, cfg.bias, name=cfg.name, config=cfg)
+
+
+def load_challenge(cfg, root=None, n_inputs=None, cache=True, lazy=None, need_truth=True):
+    """Load network, inputs and truth of ``cfg`` from a data folder.
+
+    Parameters
+    ----------
+    n_inputs : int, optional
+        Keep only the first ``n_inputs`` inputs; the truth is cut to rows
+        ``<= n_inputs`` to match.
+    need_truth : bool
+        Raise when the truth file is missing (else ``truth`` is None).
+    """
+    root = layout.data_dir(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist; pass --data-dir or set "
+                        f"${layout.DATA_ENV}")
+    inputs_path = layout.require(layout.find_inputs(cfg, root), "input file", cfg, root)
+    truth_path = layout.find_truth(cfg, root)
+    if need_truth:
+        layout.require(truth_path, "truth (categories) file", cfg, root)
+    network = load_network(cfg, root, cache=cache, lazy=lazy)
+    inputs = io.read_inputs(inputs_path, cfg.neurons, n_inputs=n_inputs, cache=cache)
+    truth = None
+    if truth_path is not None:
+        truth = io.read_categories(truth_path)
+        if n_inputs is not None:
+            truth = truth[truth <= n_inputs]
+        elif truth.size and truth[-1] > inputs.shape[0]:
+            raise DataError(f"{truth_path} names row {truth[-1]} but {inputs_path} has only "
+                            f"{inputs.shape[0]} inputs")
+    files = {"network": str(layout.find_network_dir(cfg, root)), "inputs": str(inputs_path),
+             "truth": str(truth_path) if truth_path else None}
+    return Challenge(cfg, network, inputs, truth, files)

@@ -1,0 +1,135 @@
+"""One challenge run: load, infer (timed), validate, report.
+
+This is the library call behind ``graphchallenge run``::
+
+    >>> from graphchallenge import catalog, runner
+    >>> report = runner.run(catalog.config(1024, 120), data_dir="data")  # doctest: +SKIP
+    >>> report.passed, report.edges_per_second                          # doctest: +SKIP
+"""
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import engines, network as network_mod
+from .validate import validate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunReport:
+    """The outcome of a run; ``to_dict()`` is what ``--json`` prints."""
+
+    neurons: int
+    layers: int
+    n_inputs: int
+    edges: int
+    engine: str
+    infer_seconds: float
+    edges_per_second: float
+    n_categories: int
+    passed: bool
+    n_truth: int = None
+    prepare_seconds: float = 0.0
+    rechecked_rows: int = 0
+    network: str = ""
+    network_edges: int = None
+    tile: int = 1
+    validation: dict = None
+    live_rows: list = None
+    layer_seconds: list = None
+    files: dict = field(default_factory=dict)
+
+    def to_dict(self):
+        return asdict(self)
+
+    def text(self):
+        """The human-readable report."""
+        lines = [
+            f"network      {self.network} ({self.layers} layers of {self.neurons} neurons)",
+            f"edges        {self.edges:,}" + (f" (challenge count; this network runs "
+                                              f"{self.network_edges:,})"
+                                              if self.network_edges not in (None, self.edges) else ""),
+            f"inputs       {self.n_inputs:,}" + (f" ({self.tile} tiles)" if self.tile > 1 else ""),
+            f"engine       {self.engine}",
+            f"inference    {self.infer_seconds:.4f} s  (+{self.prepare_seconds:.3f} s preparation, untimed)",
+            f"rate         {self.edges_per_second:.4g} edges/s",
+            f"categories   {self.n_categories}",
+        ]
+        if self.rechecked_rows:
+            lines.append(f"rechecked    {self.rechecked_rows} rows near a threshold, in float64")
+        if self.validation is None:
+            lines.append("validation   no truth file: not validated")
+        else:
+            from .validate import Validation
+            lines.append(f"validation   {Validation(**self.validation).summary()}")
+        return "\n".join(lines)
+
+
+def tile_inputs(inputs, truth, tile):
+    """Stack ``inputs`` ``tile`` times (row ``r + n*t``) and shift the truth the same way."""
+    if tile == 1:
+        return inputs, truth
+    n = inputs.shape[0]
+    tiled = sp.vstack([inputs] * tile, format="csr")
+    if truth is not None:
+        truth = (truth[None, :] + n * np.arange(tile)[:, None]).ravel()
+    return tiled, truth
+
+
+def infer_and_validate(challenge, engine="auto", tile=1, progress=False, engine_options=None):
+    """Run an already loaded :class:`~graphchallenge.network.Challenge`; returns a RunReport."""
+    engine_obj = engines.get_engine(engine, **(engine_options or {}))
+    inputs, truth = tile_inputs(challenge.inputs, challenge.truth, tile)
+    result = engine_obj.infer(challenge.network, inputs, progress=progress)
+    cfg = challenge.config
+    challenge_edges = challenge.network.exact_reference.edges
+    validation = validate(result.categories, truth) if truth is not None else None
+    n_inputs = inputs.shape[0]
+    return RunReport(
+        neurons=cfg.neurons, layers=cfg.layers, n_inputs=n_inputs, edges=challenge_edges,
+        engine=engine_obj.name, infer_seconds=result.infer_seconds,
+        edges_per_second=n_inputs * challenge_edges / result.infer_seconds
+        if result.infer_seconds > 0 else float("inf"),
+        n_categories=int(result.categories.size),
+        passed=bool(validation.passed) if validation else False,
+        n_truth=validation.n_truth if validation else None,
+        prepare_seconds=result.prepare_seconds, rechecked_rows=result.rechecked_rows,
+        network=challenge.network.name, network_edges=challenge.network.edges, tile=tile,
+        validation=validation.to_dict() if validation else None,
+        live_rows=result.live_rows, layer_seconds=result.layer_seconds, files=challenge.files)
+
+
+def run(cfg, data_dir=None, engine="auto", n_inputs=None, tile=1, network_dir=None,
+        progress=False, engine_options=None):
+    """Load challenge ``cfg`` from ``data_dir``, run it on ``engine`` and validate it.
+
+    Parameters
+    ----------
+    cfg : catalog.Config
+    data_dir : path-like, optional
+        See :func:`graphchallenge.layout.data_dir`.
+    engine : str
+        ``auto``, ``reference``, ``cpu``, ``gpu`` or ``gpu-cusparse``.
+    n_inputs : int, optional
+        Use only the first ``n_inputs`` images (and truth rows <= n_inputs).
+    tile : int
+        Repeat the inputs ``tile`` times (to reach 60,000 from a subset).
+    network_dir : path-like, optional
+        Run a compact network (see :mod:`graphchallenge.compress`) instead of
+        the original; validation is still against the original truth.
+
+    Returns
+    -------
+    RunReport
+    """
+    challenge = network_mod.load_challenge(cfg, data_dir, n_inputs=n_inputs)
+    if network_dir is not None:
+        from .compress import load_compact
+
+        challenge.network = load_compact(network_dir, original=challenge.network)
+        challenge.files["compact_network"] = str(network_dir)
+    return infer_and_validate(challenge, engine, tile, progress, engine_options)

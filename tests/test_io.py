@@ -1,0 +1,171 @@
+import gzip
+import time
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from graphchallenge import io
+from graphchallenge.errors import DataError
+
+from conftest import random_inputs, random_layer as _random_layer
+
+
+def random_layer(rng, n_in, n_out, per_column=4):
+    """Weights in sixteenths, like the challenge's (exact in the %.6e text format)."""
+    layer = _random_layer(rng, n_in, n_out, per_column)
+    layer.data = rng.integers(1, 9, size=layer.nnz) / 16.0
+    return layer
+
+
+def test_layer_round_trip_exact_format(tmp_path, rng):
+    layer = random_layer(rng, 50, 50, per_column=3)
+    path = tmp_path / "n50-l1.tsv"
+    io.write_layer(path, layer)
+    lines = path.read_text().splitlines()
+    # Sorted by column, then row; values written as the challenge does.
+    triples = [tuple(line.split("\t")) for line in lines]
+    keys = [(int(c), int(r)) for r, c, _ in triples]
+    assert keys == sorted(keys)
+    assert all(len(v) == len("6.250000e-02") and "e" in v for _, _, v in triples)
+    back = io.read_layer(path, 50, cache=False)
+    assert (back != layer).nnz == 0
+
+
+def test_real_layer_format_is_reproduced_byte_for_byte(real_data_dir, tmp_path):
+    source = real_data_dir / "dnn" / "neuron1024" / "n1024-l7.tsv"
+    layer = io.read_layer(source, 1024, cache=False)
+    io.write_layer(tmp_path / "copy.tsv", layer)
+    assert (tmp_path / "copy.tsv").read_bytes() == source.read_bytes()
+
+
+def test_inputs_round_trip_gz_and_padding(tmp_path, rng):
+    inputs = random_inputs(rng, 30, 64)
+    path = tmp_path / "sparse-images-64.tsv.gz"
+    io.write_inputs(path, inputs)
+    back = io.read_inputs(path, 64, cache=False)
+    assert back.shape == (30, 64)
+    assert (back != inputs).nnz == 0
+    assert io.read_inputs(path, 64, n_inputs=10, cache=False).shape == (10, 64)
+
+
+def test_categories_round_trip(tmp_path):
+    path = tmp_path / "cats.tsv"
+    io.write_categories(path, [9, 3, 3, 200])
+    assert path.read_text() == "3\n9\n200\n"
+    assert io.read_categories(path).tolist() == [3, 9, 200]
+
+
+def test_any_whitespace_is_accepted(tmp_path):
+    path = tmp_path / "spaces.tsv"
+    path.write_text("1 1 0.5\n2  2\t0.25\n\n")
+    matrix = io.read_layer(path, 2, cache=False)
+    assert matrix.toarray().tolist() == [[0.5, 0.0], [0.0, 0.25]]
+
+
+def test_duplicates_add_up_like_matlab_sparse(tmp_path):
+    path = tmp_path / "dup.tsv"
+    path.write_text("1\t1\t0.5\n1\t1\t0.25\n")
+    assert io.read_layer(path, 1, cache=False)[0, 0] == 0.75
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1\t1\t0.5\n2\t1\n", ":2: expected 3 fields"),
+    ("1\t1\t0.5\n2\tx\t1\n", ":2: not a number"),
+    ("1\t1\t0.5\n\n3\t1\t1\n", ":3: row index 3 is not an integer in 1..2"),
+    ("1\t0\t0.5\n", ":1: column index 0"),
+    ("1.5\t1\t0.5\n", ":1: row index 1.5"),
+    ("1\t1\tnan\n", ":1: value is not finite"),
+])
+def test_bad_layer_names_file_and_line_and_writes_no_cache(tmp_path, text, message):
+    path = tmp_path / "bad.tsv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message) as info:
+        io.read_layer(path, 2)
+    assert str(path) in str(info.value)
+    assert not list(io.cache_root().glob("bad.tsv.*"))
+
+
+def test_empty_and_missing_files(tmp_path):
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        io.read_inputs(empty, 4, cache=False)
+    with pytest.raises(DataError, match="no such file"):
+        io.read_layer(tmp_path / "nope.tsv", 4)
+
+
+def test_truncated_gzip_is_a_clear_error(tmp_path, rng):
+    path = tmp_path / "sparse-images-64.tsv.gz"
+    io.write_inputs(path, random_inputs(rng, 200, 64))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        io.read_inputs(path, 64, cache=False)
+
+
+def test_garbage_truth(tmp_path):
+    path = tmp_path / "truth.tsv"
+    path.write_text("3\n7\nbanana\n")
+    with pytest.raises(DataError, match=":3: not a row number"):
+        io.read_categories(path)
+    path.write_text("3\n-2\n")
+    with pytest.raises(DataError, match=":2: not a positive integer"):
+        io.read_categories(path)
+
+
+def test_cache_serves_the_same_matrix_and_notices_changes(tmp_path, rng):
+    path = tmp_path / "n40-l1.tsv"
+    io.write_layer(path, random_layer(rng, 40, 40))
+    first = io.read_layer(path, 40)
+    assert len(list(io.cache_root().glob("n40-l1.tsv.*"))) == 1
+    again = io.read_layer(path, 40)
+    assert (first != again).nnz == 0
+    # Rewrite the file: the cache key (size, mtime) changes and the new content is served.
+    changed = random_layer(np.random.default_rng(7), 40, 40, per_column=5)
+    time.sleep(0.01)
+    io.write_layer(path, changed)
+    assert (io.read_layer(path, 40) != changed).nnz == 0
+
+
+def test_damaged_cache_is_rebuilt(tmp_path, rng):
+    path = tmp_path / "n20-l1.tsv"
+    layer = random_layer(rng, 20, 20)
+    io.write_layer(path, layer)
+    io.read_layer(path, 20)
+    (cache_file,) = io.cache_root().glob("n20-l1.tsv.*")
+    cache_file.write_bytes(cache_file.read_bytes()[:40])
+    assert (io.read_layer(path, 20) != layer).nnz == 0
+
+
+def test_full_precision_weights_survive_the_text_format(tmp_path, rng):
+    layer = _random_layer(rng, 30, 30)  # arbitrary doubles, as fine-tuning produces
+    io.write_layer(tmp_path / "w.tsv", layer)
+    assert (io.read_layer(tmp_path / "w.tsv", 30, cache=False) != layer).nnz == 0
+
+
+def test_cache_is_at_least_20x_faster_on_real_layers(real_data_dir, tmp_path):
+    # Fresh copies: other tests may have cached the originals already.
+    paths = []
+    for k in range(1, 121):
+        path = tmp_path / f"n1024-l{k}.tsv"
+        path.write_bytes((real_data_dir / "dnn" / "neuron1024" / path.name).read_bytes())
+        paths.append(path)
+    start = time.perf_counter()
+    parsed = [io.read_layer(p, 1024) for p in paths]  # parses and writes the cache
+    first = time.perf_counter() - start
+    second = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        cached = [io.read_layer(p, 1024) for p in paths]
+        second = min(second, time.perf_counter() - start)
+    assert all((a != b).nnz == 0 for a, b in zip(parsed, cached))
+    assert first / second >= 20, (first, second)
+
+
+def test_mmap_load_matches(tmp_path, rng):
+    layer = random_layer(rng, 30, 30)
+    io.save_csr(tmp_path / "x.csr", layer)
+    mapped = io.load_csr(tmp_path / "x.csr", mmap=True)
+    assert (mapped != layer).nnz == 0
+    assert isinstance(mapped, sp.csr_matrix)
