@@ -21,6 +21,7 @@ _REGISTRY = {
     "cpu": ("cpu", "CpuEngine"),
     "gpu": ("gpu", "GpuEngine"),
     "gpu-cusparse": ("gpu", "CusparseEngine"),
+    "graphblas": ("graphblas", "GraphblasEngine"),
 }
 AUTO_ORDER = ("gpu", "cpu", "reference")
 ENGINE_NAMES = tuple(_REGISTRY)
