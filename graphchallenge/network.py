@@ -69,7 +69,10 @@ class Network:
         self.name = name or "network"
         self.origin = origin
         self.config = config
-        self._shapes = list(layers.shapes) if isinstance(layers, LayerFiles) else [w.shape for w in layers]
+        # Lazy sequences (LayerFiles, generated layers) announce their shapes
+        # so that building a Network does not read or generate every layer.
+        shapes = getattr(layers, "shapes", None)
+        self._shapes = [tuple(s) for s in shapes] if shapes is not None else [w.shape for w in layers]
         for k in range(1, len(self._shapes)):
             if self._shapes[k][0] != self._shapes[k - 1][1]:
                 raise DataError(f"layer {k + 1} has {self._shapes[k][0]} inputs but layer {k} "
@@ -119,7 +122,7 @@ class Network:
 
     def in_memory(self):
         """This network with every layer loaded (a no-op for in-memory layers)."""
-        if not isinstance(self.layers, LayerFiles):
+        if isinstance(self.layers, list):
             return self
         return Network(list(self.layers), self.bias, self.name, self.origin, self.config)
 
