@@ -30,12 +30,17 @@ def _gpus():
 
 
 def _mpi():
-    try:
-        from mpi4py import MPI
-    except Exception:  # noqa: BLE001
+    from . import parallel
+
+    if not parallel.mpi_available():
         return {"available": False, "ranks": 1}
-    return {"available": True, "ranks": MPI.COMM_WORLD.Get_size(),
-            "library": MPI.Get_library_version().splitlines()[0].strip()}
+    comm, rank, size = parallel.world()
+    details = {"available": True, "ranks": size, "rank": rank}
+    if comm is not None:
+        from mpi4py import MPI
+
+        details["library"] = MPI.Get_library_version().splitlines()[0].strip()
+    return details
 
 
 def _data(root):
@@ -88,7 +93,12 @@ def text(info):
         lines.append(f"  {name:<13} {'yes' if state['available'] else 'no  ' + state['reason']}")
     lines += ["", f"GPUs         {', '.join(info['gpus']) or 'none'}"]
     mpi = info["mpi"]
-    lines.append(f"MPI          {'yes, ' + str(mpi['ranks']) + ' rank(s), ' + mpi['library'] if mpi['available'] else 'no (pip install graphchallenge[mpi])'}")
+    if not mpi["available"]:
+        lines.append("MPI          no (pip install graphchallenge[mpi])")
+    else:
+        lines.append(f"MPI          mpi4py available; {mpi['ranks']} rank(s) running"
+                     + (f" ({mpi['library']})" if "library" in mpi else
+                        " (start under mpiexec or srun to use several)"))
     lines += ["", f"data in {info['data_dir']}"]
     if not info["data"]:
         lines.append("  nothing found (graphchallenge download ... or graphchallenge generate ...)")

@@ -42,6 +42,9 @@ class RunReport:
     live_rows: list = None
     layer_seconds: list = None
     files: dict = field(default_factory=dict)
+    ranks: int = 1
+    rank_seconds: list = None
+    categories: list = None
 
     def to_dict(self):
         return asdict(self)
@@ -54,7 +57,8 @@ class RunReport:
                                               f"{self.network_edges:,})"
                                               if self.network_edges not in (None, self.edges) else ""),
             f"inputs       {self.n_inputs:,}" + (f" ({self.tile} tiles)" if self.tile > 1 else ""),
-            f"engine       {self.engine}",
+            f"engine       {self.engine}" + (f" on {self.ranks} MPI ranks (slowest rank timed)"
+                                              if self.ranks > 1 else ""),
             f"inference    {self.infer_seconds:.4f} s  (+{self.prepare_seconds:.3f} s preparation, untimed)",
             f"rate         {self.edges_per_second:.4g} edges/s",
             f"categories   {self.n_categories}",
@@ -80,18 +84,16 @@ def tile_inputs(inputs, truth, tile):
     return tiled, truth
 
 
-def infer_and_validate(challenge, engine="auto", tile=1, progress=False, engine_options=None):
-    """Run an already loaded :class:`~graphchallenge.network.Challenge`; returns a RunReport."""
-    engine_obj = engines.get_engine(engine, **(engine_options or {}))
-    inputs, truth = tile_inputs(challenge.inputs, challenge.truth, tile)
-    result = engine_obj.infer(challenge.network, inputs, progress=progress)
+def make_report(challenge, inputs, truth, result, tile=1, challenge_edges=None):
+    """Build the RunReport of ``result`` (an InferenceResult on ``inputs``)."""
     cfg = challenge.config
-    challenge_edges = challenge.network.exact_reference.edges
+    if challenge_edges is None:
+        challenge_edges = challenge.network.exact_reference.edges
     validation = validate(result.categories, truth) if truth is not None else None
     n_inputs = inputs.shape[0]
     return RunReport(
         neurons=cfg.neurons, layers=cfg.layers, n_inputs=n_inputs, edges=challenge_edges,
-        engine=engine_obj.name, infer_seconds=result.infer_seconds,
+        engine=result.engine, infer_seconds=result.infer_seconds,
         edges_per_second=n_inputs * challenge_edges / result.infer_seconds
         if result.infer_seconds > 0 else float("inf"),
         n_categories=int(result.categories.size),
@@ -100,7 +102,37 @@ def infer_and_validate(challenge, engine="auto", tile=1, progress=False, engine_
         prepare_seconds=result.prepare_seconds, rechecked_rows=result.rechecked_rows,
         network=challenge.network.name, network_edges=challenge.network.edges, tile=tile,
         validation=validation.to_dict() if validation else None,
-        live_rows=result.live_rows, layer_seconds=result.layer_seconds, files=challenge.files)
+        live_rows=result.live_rows, layer_seconds=result.layer_seconds, files=challenge.files,
+        categories=result.categories.tolist())
+
+
+def infer_and_validate(challenge, engine="auto", tile=1, progress=False, engine_options=None,
+                       challenge_edges=None):
+    """Run an already loaded :class:`~graphchallenge.network.Challenge`; returns a RunReport.
+
+    ``challenge_edges`` is the edge count of the original challenge network
+    (the rate's numerator); by default that of ``network.exact_reference``.
+    """
+    engine_obj = engines.get_engine(engine, **(engine_options or {}))
+    inputs, truth = tile_inputs(challenge.inputs, challenge.truth, tile)
+    result = engine_obj.infer(challenge.network, inputs, progress=progress)
+    return make_report(challenge, inputs, truth, result, tile, challenge_edges)
+
+
+def load(cfg, data_dir=None, n_inputs=None, network_dir=None):
+    """Load challenge ``cfg`` and, with ``network_dir``, swap in that compact network.
+
+    Returns ``(challenge, challenge_edges)``: the edge count of the original
+    network, which the challenge rate is always quoted against.
+    """
+    challenge = network_mod.load_challenge(cfg, data_dir, n_inputs=n_inputs)
+    challenge_edges = challenge.network.edges
+    if network_dir is not None:
+        from .compress import load_compact
+
+        challenge.network = load_compact(network_dir, original=challenge.network)
+        challenge.files["compact_network"] = str(network_dir)
+    return challenge, challenge_edges
 
 
 def run(cfg, data_dir=None, engine="auto", n_inputs=None, tile=1, network_dir=None,
@@ -126,10 +158,5 @@ def run(cfg, data_dir=None, engine="auto", n_inputs=None, tile=1, network_dir=No
     -------
     RunReport
     """
-    challenge = network_mod.load_challenge(cfg, data_dir, n_inputs=n_inputs)
-    if network_dir is not None:
-        from .compress import load_compact
-
-        challenge.network = load_compact(network_dir, original=challenge.network)
-        challenge.files["compact_network"] = str(network_dir)
-    return infer_and_validate(challenge, engine, tile, progress, engine_options)
+    challenge, challenge_edges = load(cfg, data_dir, n_inputs, network_dir)
+    return infer_and_validate(challenge, engine, tile, progress, engine_options, challenge_edges)

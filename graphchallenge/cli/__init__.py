@@ -69,7 +69,11 @@ def main(argv=None):
     try:
         return args._main(args)
     except GraphChallengeError as exc:
-        print(f"graphchallenge: error: {exc}", file=sys.stderr)
+        from ..parallel import launched_rank
+
+        # Under MPI every rank raises the same agreed error; rank 0 reports it.
+        if launched_rank() == 0:
+            print(f"graphchallenge: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("graphchallenge: interrupted", file=sys.stderr)

@@ -1,6 +1,6 @@
 """``graphchallenge info``: versions, engines, GPUs, MPI and the data found."""
 
-from .. import info
+from .. import info, parallel
 from . import EXIT_OK, _common
 
 HELP = "show versions, available engines, GPUs, MPI, and which challenges the data folder holds"
@@ -13,5 +13,6 @@ def add_arguments(parser):
 
 def main(args):
     details = info.collect(_common.resolve_data_dir(args))
-    _common.emit(args, details, info.text(details))
+    if parallel.launched_rank() == 0:
+        _common.emit(args, details, info.text(details))
     return EXIT_OK
