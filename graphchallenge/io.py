@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "GRAPHCHALLENGE_CACHE"
 _CACHE_MAGIC = b"GCCSR001"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 # ---------------------------------------------------------------- text parsing
@@ -183,6 +183,12 @@ def _source_key(path):
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(dest, write):
     """Call ``write(handle)`` on a temporary file beside ``dest``, then rename it into place."""
     dest = Path(dest)
@@ -191,6 +197,8 @@ def _write_atomic(dest, write):
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+        # mkstemp creates the file private (0600); give it a normal file's permissions.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -200,8 +208,10 @@ def _write_atomic(dest, write):
 def save_csr(dest, matrix, key=None):
     """Write ``matrix`` to the binary cache format at ``dest`` (atomically)."""
     matrix = sp.csr_matrix(matrix)
-    arrays = {"indptr": matrix.indptr.astype(np.int64),
-              "indices": matrix.indices.astype(np.int32),
+    # One index dtype for both arrays, as scipy expects of a CSR matrix.
+    index = np.int32 if matrix.nnz < 2**31 else np.int64
+    arrays = {"indptr": matrix.indptr.astype(index),
+              "indices": matrix.indices.astype(index),
               "data": matrix.data.astype(np.float64)}
     header = {"version": _CACHE_VERSION, "shape": list(matrix.shape), "key": key, "arrays": {}}
     offset = 0
@@ -274,7 +284,6 @@ def _to_csr(rows, cols, values, shape):
     # Duplicate (row, col) pairs add up, as MATLAB's sparse() does.
     matrix = sp.csr_matrix((values, (rows, cols)), shape=shape)
     matrix.sum_duplicates()
-    matrix.indices = matrix.indices.astype(np.int32, copy=False)
     return matrix
 
 

@@ -1,3 +1,4 @@
+import os
 import gzip
 import time
 
@@ -169,3 +170,21 @@ def test_mmap_load_matches(tmp_path, rng):
     mapped = io.load_csr(tmp_path / "x.csr", mmap=True)
     assert (mapped != layer).nnz == 0
     assert isinstance(mapped, sp.csr_matrix)
+
+
+def test_cached_matrix_converts_like_a_parsed_one(tmp_path, rng):
+    path = tmp_path / "n30-l1.tsv"
+    io.write_layer(path, random_layer(rng, 30, 30))
+    io.read_layer(path, 30)
+    cached = io.read_layer(path, 30)
+    assert cached.indptr.dtype == cached.indices.dtype
+    assert (cached.tocoo().tocsc() != io.read_layer(path, 30, cache=False)).nnz == 0
+
+
+def test_written_files_follow_the_umask_not_private(tmp_path):
+    old = os.umask(0o022)
+    try:
+        io.write_categories(tmp_path / "c.tsv", [1])
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c.tsv").stat().st_mode & 0o777 == 0o644
