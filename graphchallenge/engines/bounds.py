@@ -19,8 +19,20 @@ the same bound with the float64 ``u``, so a computed value farther than
 ``band = e'(fast) + e'(float64)`` from 0 and from 32 is on the reference's
 side. ReLU and the clamp are 1-Lipschitz, and a value firmly below 0 or
 above 32 comes out exact (0 or 32) in both, so the row's next ``e`` is
-``e'`` if any value stayed strictly between the thresholds, else 0. Rows
-with a value inside the band are flagged and recomputed by the reference.
+``e'`` if any value stayed strictly between the thresholds, else 0.
+
+With a bias <= 0 (every challenge network) the reference's layer is the
+continuous map ``min(32, max(0, Y W + bias))`` (the bias on a structural zero
+gives ``max(0, bias) = 0`` anyway), so a value near a threshold needs no
+special care: its error carries on to the next layer. Only a row's final
+verdict can be in doubt -- no value provably above 0, some not provably 0
+-- and only such rows are recomputed by the reference. With a bias > 0 a
+structural zero is not continuous with a small value, and engines must be
+stricter (each engine documents how).
+
+For a derived network (compacted, ``network.origin`` set) the reference
+sums the *original* layer's terms, so the constants of a layer are the
+larger of the derived layer's and the original's (:func:`paired_constants`).
 """
 
 import numpy as np
@@ -66,3 +78,21 @@ def band(error, growth, max_terms, bias, dtype=np.float64):
     """
     fast = next_error(error, growth, max_terms, bias, dtype)
     return 2.0 * fast
+
+
+def paired_constants(network):
+    """Yield ``(weights, C, M)`` for every layer of ``network``.
+
+    For a derived network of the same depth as its exact reference, ``C``
+    and ``M`` are the larger of the layer's and the original layer's, since
+    the band must cover the reference's rounding on the original too.
+    """
+    exact = network.exact_reference
+    originals = (exact.layers if exact is not network and exact.n_layers == network.n_layers
+                 else [None] * network.n_layers)
+    for weights, original in zip(network.layers, originals):
+        growth, max_terms = layer_constants(weights)
+        if original is not None:
+            original_growth, original_terms = layer_constants(original)
+            growth, max_terms = max(growth, original_growth), max(max_terms, original_terms)
+        yield weights, growth, max_terms

@@ -9,7 +9,7 @@ For each layer, in this order::
 
 and the categories are the rows of the final ``Y`` with any nonzero. On a
 challenge network this engine *is* the truth. On a derived network
-(compacted or fine-tuned, ``network.origin`` set) its sums are reassociated
+(exactly compacted, ``network.origin`` set) its sums are reassociated
 relative to the original, so it tracks the rounding band of
 :mod:`graphchallenge.engines.bounds` and recomputes flagged rows on the
 original network.
@@ -48,16 +48,32 @@ def forward_categories(layers, bias, inputs):
     return np.flatnonzero(np.diff(y.indptr)).astype(np.int64) + 1
 
 
-def _flag_near_thresholds(z, band_per_row):
-    """Rows with a stored value within their band of 0 or 32, and rows left strictly between."""
-    rows = np.repeat(np.arange(z.shape[0]), np.diff(z.indptr))
-    width = band_per_row[rows]
+def _row_ids(z):
+    return np.repeat(np.arange(z.shape[0]), np.diff(z.indptr))
+
+
+def _classify(z, width, bias):
+    """For each row of pre-activations ``z`` (bias included, bias <= 0):
+
+    ``carry``: some value is not provably clamped (dead below ``-width`` or
+    saturated above ``32 + width``), so the row's error bound carries on;
+    ``surely_live``: some value is provably above 0;
+    ``doubtful``: neither provably live nor provably dead.
+    A structurally missing value stands for ``bias`` (the reference gives 0).
+    """
+    rows = _row_ids(z)
+    band = width[rows]
     values = z.data
-    near = (np.abs(values) <= width) | (np.abs(values - YMAX) <= width)
-    inside = (values > width) & (values < YMAX - width)
     n = z.shape[0]
-    return (np.bincount(rows[near], minlength=n) > 0,
-            np.bincount(rows[inside], minlength=n) > 0)
+    missing_in_band = (np.diff(z.indptr) < z.shape[1]) & (bias >= -width)
+
+    def any_per_row(mask):
+        return np.bincount(rows[mask], minlength=n) > 0
+
+    carry = any_per_row((values >= -band) & (values <= YMAX + band)) | missing_in_band
+    surely_live = any_per_row(values > band)
+    doubtful = ~surely_live & (any_per_row(np.abs(values) <= band) | missing_in_band)
+    return carry, doubtful
 
 
 class ReferenceEngine(Engine):
@@ -69,27 +85,32 @@ class ReferenceEngine(Engine):
     def infer(self, network, inputs, progress=False):
         from tqdm import tqdm
 
-        derived = network.origin is not None
+        if network.origin is not None and network.bias > 0:
+            # No continuity argument holds at structural zeros with a positive
+            # bias: answer with the original network itself.
+            result = self.infer(network.exact_reference, inputs, progress)
+            result.rechecked_rows = inputs.shape[0]
+            return result
         y = _as_csr(inputs)
-        n_rows = y.shape[0]
-        error = np.zeros(n_rows)
-        flagged = np.zeros(n_rows, dtype=bool)
+        error = np.zeros(y.shape[0])
+        doubtful = np.zeros(y.shape[0], dtype=bool)
         live_rows, layer_seconds = [], []
-        layers = tqdm(network.layers, total=network.n_layers, desc=f"{self.name}",
-                      unit="layer", disable=not progress, leave=False)
+        derived = network.origin is not None
+        layers = (bounds.paired_constants(network) if derived
+                  else ((weights, None, None) for weights in network.layers))
+        layers = tqdm(layers, total=network.n_layers, desc=self.name, unit="layer",
+                      disable=not progress, leave=False)
         with Timer() as total:
-            for weights in layers:
+            for k, (weights, growth, max_terms) in enumerate(layers):
                 with Timer() as step:
                     if derived:
-                        growth, max_terms = bounds.layer_constants(weights)
                         z = y @ weights
                         z.eliminate_zeros()
                         z.data += network.bias
                         width = bounds.band(error, growth, max_terms, network.bias)
-                        near, inside = _flag_near_thresholds(z, width)
-                        flagged |= near
-                        error = np.where(inside, bounds.next_error(error, growth, max_terms,
-                                                                   network.bias), 0.0)
+                        carry, doubtful = _classify(z, width, network.bias)
+                        error = np.where(carry, bounds.next_error(error, growth, max_terms,
+                                                                  network.bias), 0.0)
                         np.clip(z.data, 0.0, YMAX, out=z.data)
                         z.eliminate_zeros()
                         y = z
@@ -99,7 +120,7 @@ class ReferenceEngine(Engine):
                 live_rows.append(int(np.count_nonzero(np.diff(y.indptr))))
             categories = np.flatnonzero(np.diff(y.indptr)).astype(np.int64) + 1
             if derived:
-                categories = recheck(network, inputs, categories, np.flatnonzero(flagged))
+                categories = recheck(network, inputs, categories, np.flatnonzero(doubtful))
         return InferenceResult(categories=categories, infer_seconds=total.seconds, engine=self.name,
                                live_rows=live_rows, layer_seconds=layer_seconds,
-                               rechecked_rows=int(flagged.sum()))
+                               rechecked_rows=int(doubtful.sum()))
