@@ -1,0 +1,116 @@
+"""Figures of a run: live rows and time per layer, and survival curves side by side.
+
+matplotlib is optional (``pip install graphchallenge[plot]``); it is
+imported only when a figure is asked for, with the non-interactive Agg
+backend, and figures are written atomically (a temporary file renamed
+into place), so an interrupted plot never leaves half a PNG.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import GraphChallengeError
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise GraphChallengeError(
+            "matplotlib is needed for --plot: pip install graphchallenge[plot]") from None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, figure, path):
+    """Save ``figure`` to ``path`` through a temporary file beside it; the format follows the suffix."""
+    path = Path(path)
+    suffix = path.suffix.lstrip(".").lower() or "png"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        os.close(fd)
+        try:
+            figure.savefig(tmp, format=suffix, dpi=120)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except ValueError as exc:  # an image format matplotlib does not know
+        raise GraphChallengeError(f"cannot draw {path}: {exc}") from None
+    except OSError as exc:
+        raise GraphChallengeError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(figure)
+
+
+def plot_run(report, path):
+    """Draw live rows per layer and time per layer of a run.
+
+    Parameters
+    ----------
+    report : graphchallenge.runner.RunReport
+        Uses ``live_rows`` and ``layer_seconds``; a panel whose data the
+        engine did not record says so instead.
+    path : path-like
+        Image file (PNG, SVG or PDF, by suffix).
+
+    Raises
+    ------
+    GraphChallengeError
+        matplotlib is missing, or the file cannot be written.
+    """
+    plt = _pyplot()
+    figure, (rows_axis, time_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    figure.suptitle(f"{report.network}: {report.n_inputs:,} inputs on {report.engine}")
+    series = (
+        (rows_axis, report.live_rows, "live rows (any nonzero)", 1),
+        (time_axis, [s * 1e3 for s in report.layer_seconds] if report.layer_seconds else None,
+         "time per layer (ms)", None),
+    )
+    for axis, values, label, floor in series:
+        axis.set_xlabel("layer")
+        axis.set_ylabel(label)
+        if not values:
+            axis.text(0.5, 0.5, f"the {report.engine} engine does not record this",
+                      ha="center", va="center", transform=axis.transAxes)
+            continue
+        axis.plot(range(1, len(values) + 1), values, drawstyle="steps-mid")
+        if floor is not None and min(values) >= floor:
+            axis.set_yscale("log")
+        axis.grid(True, alpha=0.3)
+    figure.tight_layout()
+    _save(plt, figure, path)
+
+
+def plot_survival(curves, path, n_inputs=None):
+    """Draw survival curves (live rows per layer) of several runs on one axis.
+
+    Parameters
+    ----------
+    curves : dict of str to list of int
+        Label -> live rows after each layer.
+    path : path-like
+        Image file.
+    n_inputs : dict of str to int, optional
+        Label -> number of inputs; when given, the curves are drawn as
+        fractions of the inputs so that runs of different sizes compare.
+    """
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for label, live in curves.items():
+        values = list(live)
+        if n_inputs:
+            values = [v / n_inputs[label] for v in values]
+        axis.plot(range(1, len(values) + 1), values, drawstyle="steps-mid", label=label)
+    axis.set_xlabel("layer")
+    axis.set_ylabel("fraction of inputs alive" if n_inputs else "live rows")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    _save(plt, figure, path)
