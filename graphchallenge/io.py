@@ -389,15 +389,25 @@ def write_layer(path, matrix):
     _write_atomic(path, lambda handle: handle.write(lines))
 
 
-def write_inputs(path, matrix):
-    """Write input images (``n_inputs x N``) as a TSV, gzipped when ``path`` ends in ``.gz``."""
-    coo = sp.csr_matrix(matrix).tocoo()
-    values = np.array([f"{value:g}" for value in coo.data]) if coo.nnz else np.array([], dtype=str)
-    lines = _triples_text(coo.row + 1, coo.col + 1, values)
-    if str(path).endswith(".gz"):
-        _write_atomic(path, lambda handle: handle.write(gzip.compress(lines, compresslevel=6, mtime=0)))
-    else:
-        _write_atomic(path, lambda handle: handle.write(lines))
+def write_inputs(path, matrix, rows_per_chunk=4096):
+    """Write input images (``n_inputs x N``) as a TSV, gzipped when ``path`` ends in ``.gz``.
+
+    Rows are formatted a chunk at a time, so 60,000 images of 65536 pixels
+    never sit in memory as one string.
+    """
+    matrix = sp.csr_matrix(matrix)
+
+    def write(handle):
+        stream = (gzip.GzipFile(fileobj=handle, mode="wb", compresslevel=6, mtime=0)
+                  if str(path).endswith(".gz") else handle)
+        for start in range(0, matrix.shape[0], rows_per_chunk):
+            coo = matrix[start:start + rows_per_chunk].tocoo()
+            values = np.array([f"{value:g}" for value in coo.data]) if coo.nnz else np.array([], dtype=str)
+            stream.write(_triples_text(coo.row + start + 1, coo.col + 1, values))
+        if stream is not handle:
+            stream.close()
+
+    _write_atomic(path, write)
 
 
 def write_categories(path, categories):

@@ -188,3 +188,11 @@ def test_written_files_follow_the_umask_not_private(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "c.tsv").stat().st_mode & 0o777 == 0o644
+
+
+def test_inputs_written_in_chunks_read_back_whole(tmp_path, rng):
+    inputs = random_inputs(rng, 25, 16)
+    io.write_inputs(tmp_path / "a.tsv.gz", inputs, rows_per_chunk=4)
+    io.write_inputs(tmp_path / "b.tsv", inputs)
+    assert gzip.decompress((tmp_path / "a.tsv.gz").read_bytes()) == (tmp_path / "b.tsv").read_bytes()
+    assert (io.read_inputs(tmp_path / "a.tsv.gz", 16, cache=False) != inputs).nnz == 0
