@@ -196,3 +196,13 @@ def test_inputs_written_in_chunks_read_back_whole(tmp_path, rng):
     io.write_inputs(tmp_path / "b.tsv", inputs)
     assert gzip.decompress((tmp_path / "a.tsv.gz").read_bytes()) == (tmp_path / "b.tsv").read_bytes()
     assert (io.read_inputs(tmp_path / "a.tsv.gz", 16, cache=False) != inputs).nnz == 0
+
+
+def test_cache_keeps_arbitrary_values_and_wide_layers(tmp_path, rng):
+    mixed = _random_layer(rng, 20, 20)  # varied doubles: stored in full
+    io.save_csr(tmp_path / "m.csr", mixed)
+    assert (io.load_csr(tmp_path / "m.csr") != mixed).nnz == 0
+    wide = sp.csr_matrix(([0.0625, 0.0625], ([0, 1], [70000, 3])), shape=(2, 70001))
+    io.save_csr(tmp_path / "w.csr", wide)  # column indices beyond 16 bits
+    back = io.load_csr(tmp_path / "w.csr")
+    assert (back != wide).nnz == 0 and back.indices.dtype == back.indptr.dtype
