@@ -168,9 +168,11 @@ def cache_root():
 
 
 def _cache_path(path, kind):
-    path = Path(path).resolve()
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:16]
-    return cache_root() / f"{path.name}.{kind}.{digest}.csr"
+    # abspath, not resolve(): resolving links costs a system call per path
+    # component, which dominated loading a cached layer.
+    path = os.path.abspath(path)
+    digest = hashlib.sha1(path.encode()).hexdigest()[:16]
+    return cache_root() / f"{os.path.basename(path)}.{kind}.{digest}.csr"
 
 
 def _source_key(path):
