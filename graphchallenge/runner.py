@@ -110,10 +110,12 @@ def infer_and_validate(challenge, engine="auto", tile=1, progress=False, engine_
                        challenge_edges=None):
     """Run an already loaded :class:`~graphchallenge.network.Challenge`; returns a RunReport.
 
+    ``engine`` is a name or an :class:`~graphchallenge.engines.base.Engine`.
     ``challenge_edges`` is the edge count of the original challenge network
     (the rate's numerator); by default that of ``network.exact_reference``.
     """
-    engine_obj = engines.get_engine(engine, **(engine_options or {}))
+    engine_obj = (engine if isinstance(engine, engines.Engine)
+                  else engines.get_engine(engine, **(engine_options or {})))
     inputs, truth = tile_inputs(challenge.inputs, challenge.truth, tile)
     result = engine_obj.infer(challenge.network, inputs, progress=progress)
     return make_report(challenge, inputs, truth, result, tile, challenge_edges)
@@ -158,5 +160,7 @@ def run(cfg, data_dir=None, engine="auto", n_inputs=None, tile=1, network_dir=No
     -------
     RunReport
     """
+    # The engine first: a missing GPU is reported before minutes of loading.
+    engine_obj = engines.get_engine(engine, **(engine_options or {}))
     challenge, challenge_edges = load(cfg, data_dir, n_inputs, network_dir)
-    return infer_and_validate(challenge, engine, tile, progress, engine_options, challenge_edges)
+    return infer_and_validate(challenge, engine_obj, tile, progress, challenge_edges=challenge_edges)

@@ -205,6 +205,8 @@ class RadixNetLayers(Sequence):
         self.permute = bool(permute)
         self.layer_numbers = range(_first, _first + int(n_layers))
         self.shapes = [(self.neurons, self.neurons)] * len(self.layer_numbers)
+        #: Every weight's value: engines that take column tables need only the indices.
+        self.weight = WEIGHT
 
     def __len__(self):
         return len(self.layer_numbers)
