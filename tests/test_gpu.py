@@ -1,7 +1,7 @@
 """The GPU engines: host-side preparation, the engines on a CPU stand-in for CuPy,
 and the same engine checks on a real CUDA device (``gpu`` marker).
 
-No GPU is needed for most of this file. The stand-in (``emulated_cupy``)
+No GPU is needed for most of this file. The stand-in (``tests/fake_cupy.py``)
 compiles the engines' real CUDA source with the host C++ compiler, runs
 every block's threads as OS threads with real barriers, and imitates the few
 CuPy calls the engines make (arrays are numpy arrays, streams run
@@ -12,12 +12,9 @@ orchestration (tiles, graphs, streaming) are tested here; the tests marked
 ``gpu`` run the same bodies on a device.
 """
 
-import ctypes
-import hashlib
 import shutil
 import subprocess
 import sys
-import threading
 import types
 
 import numpy as np
@@ -33,6 +30,7 @@ from graphchallenge.network import Network
 from graphchallenge.validate import validate
 
 from conftest import REPO, random_inputs, random_layer
+from fake_cupy import FakeStream, make_emulated_cupy
 
 # ---------------------------------------------------------------- host-side preparation
 
@@ -200,304 +198,6 @@ def test_cli_run_with_gpu_engine_exits_2_with_one_line(real_data_dir):
     assert "engine 'gpu' cannot run here" in lines[0]
 
 
-# ---------------------------------------------------------------- a CPU stand-in for CuPy
-
-_SHIM = r"""
-#include <atomic>
-#include <barrier>
-#include <cmath>
-#include <cstddef>
-#include <cstring>
-#include <thread>
-#include <type_traits>
-#include <utility>
-#include <vector>
-
-#define __global__
-#define __restrict__ __restrict
-#define __shared__ static
-
-struct Dim { unsigned int x, y, z; };
-static thread_local Dim threadIdx, blockIdx;
-static Dim blockDim, gridDim;
-static std::barrier<>* emu_barrier;
-static std::vector<unsigned int> emu_warp;
-static char* emu_dynamic_shared;
-
-static inline void __syncthreads() { emu_barrier->arrive_and_wait(); }
-static inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-template <typename T> static inline T __ldg(const T* p) { return *p; }
-static inline int min(int a, int b) { return a < b ? a : b; }
-static inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
-static inline unsigned int atomicOr(unsigned int* p, unsigned int v) {
-    return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
-static inline unsigned int atomicExch(unsigned int* p, unsigned int v) {
-    return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
-// Every thread of the block reaches it (as in the kernels): a block-wide exchange, double
-// buffered so that one barrier per call suffices.
-static thread_local unsigned int emu_shuffles;
-static inline unsigned int __shfl_xor_sync(unsigned int, unsigned int v, int lane_mask) {
-    unsigned int* buffer = emu_warp.data() + (emu_shuffles++ & 1u) * blockDim.x;
-    buffer[threadIdx.x] = v;
-    __syncthreads();
-    return buffer[threadIdx.x ^ (unsigned int)lane_mask];
-}
-"""
-
-_DRIVER = r"""
-template <typename... A, std::size_t... I>
-static void emu_call(void (*kernel)(A...), void** args, std::index_sequence<I...>) {
-    kernel(*static_cast<std::remove_cv_t<A>*>(args[I])...);
-}
-
-template <typename... A>
-static void emu_launch(void (*kernel)(A...), void** args, int grid, int block, long shared) {
-    std::vector<char> dynamic_shared(shared + 16);
-    emu_dynamic_shared = dynamic_shared.data();
-    gridDim = Dim{(unsigned)grid, 1, 1};
-    blockDim = Dim{(unsigned)block, 1, 1};
-    std::barrier<> barrier(block);
-    emu_barrier = &barrier;
-    emu_warp.assign(2 * block, 0u);
-    std::vector<std::thread> threads;
-    for (int t = 0; t < block; ++t) {
-        threads.emplace_back([&, t] {
-            threadIdx = Dim{(unsigned)t, 0, 0};
-            emu_shuffles = 0;
-            for (int b = 0; b < grid; ++b) {   // blocks one after another: __shared__ is static
-                blockIdx = Dim{(unsigned)b, 0, 0};
-                emu_call(kernel, args, std::index_sequence_for<A...>{});
-                barrier.arrive_and_wait();
-            }
-        });
-    }
-    for (auto& thread : threads) thread.join();
-}
-"""
-
-
-ALL_VARIANTS = [kernels.fused_name(rows, staged, uniform, careful)
-                for rows in sorted(set(kernels.STAGED_ROWS) | {kernels.GLOBAL_ROWS})
-                for staged in (False, True) for uniform in (False, True)
-                for careful in (False, True)]
-
-
-def _emulator_library(tmp_dir, names=ALL_VARIANTS):
-    """Compile the kernels' CUDA source with the host compiler; returns (library, symbols).
-
-    All variants at once: one compilation serves the whole session.
-    """
-    source = kernels.SOURCE.replace("extern __shared__ double staged[];",
-                                    "double* staged = (double*)emu_dynamic_shared;")
-    wrappers, symbols = [], {}
-    for number, name in enumerate(["load_inputs", "unpark_rows"] + sorted(names)):
-        symbol = f"emu_launch_{number}"
-        symbols[name] = symbol
-        wrappers.append(f'extern "C" void {symbol}(void** args, int grid, int block, long shared)'
-                        f" {{ emu_launch(&{name}, args, grid, block, shared); }}")
-    text = _SHIM + source + _DRIVER + "\n".join(wrappers) + "\n"
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    library = tmp_dir / f"emulated_{digest}.so"
-    if not library.exists():
-        cpp = tmp_dir / f"emulated_{digest}.cpp"
-        cpp.write_text(text)
-        subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread",
-                        "-Wno-unknown-pragmas", "-o", str(library), str(cpp)],
-                       check=True, capture_output=True, text=True)
-    return ctypes.CDLL(str(library)), symbols
-
-
-class _DeviceArray(np.ndarray):
-    """A numpy array with the two CuPy array members the engines use."""
-
-    @property
-    def data(self):
-        return types.SimpleNamespace(ptr=self.ctypes.data)
-
-    def set(self, array, stream=None):
-        self[...] = array
-
-
-def _device(array):
-    return np.array(array).view(_DeviceArray)
-
-
-class _Stream:
-    current = threading.local()
-
-    def __init__(self, non_blocking=False):
-        self.ptr = id(self)
-        self.captured = None
-        _Stream.registry[self.ptr] = self
-
-    def __enter__(self):
-        self._previous = getattr(_Stream.current, "stream", None)
-        _Stream.current.stream = self
-        return self
-
-    def __exit__(self, *exc):
-        _Stream.current.stream = self._previous
-
-    def begin_capture(self, mode=None):
-        if _Stream.refuse_capture:
-            raise RuntimeError("cudaErrorStreamCaptureUnsupported: refused by the test")
-        self.captured = []
-
-    def end_capture(self):
-        graph, self.captured = _Graph(self.captured), None
-        return graph
-
-    def run(self, operation):
-        """Run ``operation`` now, or record it while capturing."""
-        if self.captured is not None:
-            self.captured.append(operation)
-        else:
-            operation()
-
-    def synchronize(self):
-        pass
-
-    def wait_event(self, event):
-        pass
-
-    @staticmethod
-    def get_current():
-        return getattr(_Stream.current, "stream", None) or _Stream.null
-
-
-_Stream.registry = {}
-_Stream.refuse_capture = False
-_Stream.null = _Stream()
-
-
-class _Graph:
-    def __init__(self, operations):
-        self.operations = operations
-        self.launches = 0
-
-    def launch(self, stream=None):
-        self.launches += 1
-        for operation in self.operations:
-            operation()
-
-
-class _Kernel:
-    def __init__(self, function):
-        self.function = function
-        self.max_dynamic_shared_size_bytes = 48 * 1024
-
-    def __call__(self, grid, block, args, shared_mem=0):
-        if shared_mem > self.max_dynamic_shared_size_bytes:
-            raise RuntimeError("cudaErrorInvalidValue: too much dynamic shared memory")
-        values = []
-        for arg in args:
-            if isinstance(arg, np.ndarray):
-                values.append(ctypes.c_void_p(arg.ctypes.data))
-            elif isinstance(arg, np.int64):
-                values.append(ctypes.c_int64(int(arg)))
-            elif isinstance(arg, np.int32):
-                values.append(ctypes.c_int32(int(arg)))
-            elif isinstance(arg, np.float64):
-                values.append(ctypes.c_double(float(arg)))
-            else:
-                raise TypeError(f"kernel argument of type {type(arg).__name__}")
-        pointers = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-
-        def launch():
-            self.function(pointers, int(grid[0]), int(block[0]), int(shared_mem))
-
-        launch.keep_alive = values
-        _Stream.get_current().run(launch)
-
-
-def _make_emulated_cupy(tmp_dir, free_bytes, shared_optin):
-    """A module with the subset of CuPy the engines call, backed by numpy and the emulator.
-
-    ``free_bytes`` is the free device memory reported, or a list of the values
-    successive queries report (the last one repeats).
-    """
-    free_reports = list(free_bytes) if isinstance(free_bytes, (list, tuple)) else [free_bytes]
-
-    def mem_get_info():
-        free = free_reports.pop(0) if len(free_reports) > 1 else free_reports[0]
-        return free, free
-
-    module = types.ModuleType("emulated_cupy")
-    module.__getattr__ = lambda name: getattr(np, name)   # asarray-free numpy functions
-    module.ndarray = _DeviceArray
-    module.asarray = _device
-    module.ascontiguousarray = _device
-    module.zeros = lambda shape, dtype=float: np.zeros(shape, dtype).view(_DeviceArray)
-    module.empty = lambda shape, dtype=float: np.full(shape, 7.7e77, dtype).view(_DeviceArray) \
-        if np.dtype(dtype).kind == "f" else np.full(shape, -7, dtype).view(_DeviceArray)
-    module.asnumpy = lambda array: np.array(array).view(np.ndarray)
-    pool = types.SimpleNamespace(free_bytes=lambda: 0, free_all_blocks=lambda: None)
-    module.get_default_memory_pool = lambda: pool
-    module.graphs = []
-
-    class RawModule:
-        def __init__(self, code, options=(), name_expressions=()):
-            assert code == kernels.SOURCE and set(name_expressions) <= set(ALL_VARIANTS)
-            self.library, self.symbols = _emulator_library(tmp_dir)
-
-        def get_function(self, name):
-            function = getattr(self.library, self.symbols[name])
-            function.restype = None
-            function.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-            return _Kernel(function)
-
-    module.RawModule = RawModule
-
-    def memset_async(ptr, value, size, stream):
-        _Stream.registry[stream].run(lambda: ctypes.memset(ptr, value, size))
-
-    class Device:
-        def __init__(self, device=None):
-            self.id = 0 if device is None else device
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    class Event:
-        def __init__(self, block=False, disable_timing=False):
-            pass
-
-        def record(self, stream=None):
-            pass
-
-        def synchronize(self):
-            pass
-
-    class Pinned(bytearray):
-        def size(self):
-            return len(self)
-
-    def end_capture_recording(stream):
-        graph = _Stream.end_capture(stream)
-        module.graphs.append(graph)
-        return graph
-
-    class Stream(_Stream):
-        end_capture = end_capture_recording
-
-    runtime = types.SimpleNamespace(
-        getDeviceCount=lambda: 1,
-        getDeviceProperties=lambda device: {"name": b"Emulated CUDA device",
-                                            "multiProcessorCount": 2,
-                                            "sharedMemPerBlockOptin": shared_optin},
-        memGetInfo=mem_get_info,
-        memsetAsync=memset_async,
-        CUDARuntimeError=RuntimeError)
-    module.cuda = types.SimpleNamespace(
-        runtime=runtime, Device=Device, Stream=Stream, Event=Event,
-        alloc_pinned_memory=lambda nbytes: Pinned(nbytes),
-        get_current_stream=_Stream.get_current)
-    return module
-
-
 @pytest.fixture(scope="session")
 def emulator_dir(tmp_path_factory):
     if shutil.which("g++") is None:
@@ -518,7 +218,7 @@ def emulated(emulator_dir, monkeypatch):
     monkeypatch.setattr(gpu, "_device_sparse", lambda: sp)
 
     def configure(free_bytes=1 << 34, shared_optin=96 * 1024):
-        fake = _make_emulated_cupy(emulator_dir, free_bytes, shared_optin)
+        fake = make_emulated_cupy(emulator_dir, free_bytes, shared_optin)
         monkeypatch.setattr(gpu, "_import_cupy", lambda: (fake, None))
         return fake
 
@@ -723,7 +423,7 @@ def test_fused_engine_replays_one_captured_graph_per_tile(emulated, rng):
 
 
 def test_fused_engine_without_graphs(emulated, rng, monkeypatch):
-    monkeypatch.setattr(_Stream, "refuse_capture", True)
+    monkeypatch.setattr(FakeStream, "refuse_capture", True)
     network, inputs, expected = _random_case(rng)
     result = gpu.GpuEngine().infer(network, inputs)
     assert result.categories.tolist() == expected.tolist()
