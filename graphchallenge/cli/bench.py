@@ -1,0 +1,51 @@
+"""``graphchallenge bench``: engines and peers side by side on the same data."""
+
+from .. import bench, catalog, runner
+from . import EXIT_FAIL, EXIT_OK, _common
+
+HELP = ("time several engines on the same loaded challenge (median of repeated runs) "
+        "against the scipy and GraphBLAS peers")
+
+
+def add_arguments(parser):
+    _common.add_config(parser)
+    _common.add_data_dir(parser)
+    parser.add_argument("--engines", default="cpu,reference,graphblas", metavar="LIST",
+                        help="comma-separated engines (default: cpu,reference,graphblas); "
+                             "one that cannot run here is listed as skipped")
+    parser.add_argument("--repeat", type=int, default=3, metavar="R",
+                        help="timed runs per engine; the median is reported (default 3)")
+    parser.add_argument("--tile", type=int, default=1, metavar="T",
+                        help="repeat the inputs T times (e.g. 50 x 1200 = 60,000)")
+    parser.add_argument("--inputs", type=int, default=None, metavar="K",
+                        help="use only the first K inputs (validated against truth rows <= K)")
+    parser.add_argument("--network", default=None, metavar="DIR",
+                        help="run a compact network written by `graphchallenge compress` instead "
+                             "of the original (validated against the original truth)")
+    parser.add_argument("--plot", default=None, metavar="FILE.png",
+                        help="draw each engine's rate and speed-up (needs matplotlib)")
+    _common.add_json(parser)
+    _common.add_quiet(parser)
+
+
+def main(args):
+    cfg = catalog.config(args.neurons, args.layers)
+    if args.tile < 1:
+        raise _common.usage_error("--tile must be at least 1")
+    if args.repeat < 1:
+        raise _common.usage_error("--repeat must be at least 1")
+    names = [name.strip() for name in args.engines.split(",") if name.strip()]
+    if not names:
+        raise _common.usage_error("--engines needs at least one engine name")
+    if args.plot:
+        from ..plot import _pyplot
+
+        _pyplot()  # a missing matplotlib fails before the work, not after it
+    challenge, challenge_edges = runner.load(cfg, _common.resolve_data_dir(args), args.inputs,
+                                             args.network)
+    report = bench.bench(challenge, names, repeat=args.repeat, tile=args.tile,
+                         progress=_common.progress(args), challenge_edges=challenge_edges)
+    if args.plot:
+        bench.plot_bench(report, args.plot)
+    _common.emit(args, report.to_dict(), report.text())
+    return EXIT_OK if report.passed else EXIT_FAIL

@@ -1,0 +1,377 @@
+"""The numba CPU engine: exact against the reference, including where rounding decides.
+
+The generic checks every engine gets are in test_engines.py; these cover
+what is particular to this engine: its summation order differs from
+scipy's, it drops dead and saturated rows, streams lazy networks, works in
+chunks and threads, and handles positive biases and negative weights. The
+cases where rounding decides also run on the GraphBLAS peer, which sums in
+its own order too and relies on the same rounding band.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from graphchallenge import engines, io
+from graphchallenge.engines import cpu
+from graphchallenge.engines.reference import apply_layer, forward_categories
+from graphchallenge.errors import DataError
+from graphchallenge.network import LayerFiles, Network
+from graphchallenge.validate import validate
+
+from conftest import REPO, random_inputs, random_layer
+
+needs_numba = pytest.mark.skipif(not cpu.CpuEngine.availability()[0],
+                                 reason="numba is not installed")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    available, reason = cpu.CpuEngine.availability()
+    if not available:
+        pytest.skip(reason)
+    return cpu.CpuEngine()
+
+
+@pytest.fixture(params=["cpu", "graphblas"])
+def banded_engine(request):
+    """An engine that sums in another order than scipy and proves its verdicts."""
+    available, reason = engines.availability(request.param)
+    if not available:
+        pytest.skip(reason)
+    return engines.get_engine(request.param)
+
+
+def _expected(network, inputs):
+    exact = network.exact_reference
+    return forward_categories(exact.layers, exact.bias, inputs).tolist()
+
+
+@needs_numba
+@pytest.mark.parametrize("shapes, per_column, bias", [
+    ([(200, 200)] * 8, 6, -0.1),
+    ([(100, 300), (300, 50), (50, 130), (130, 7)], 5, -0.2),
+    ([(70, 70)] * 25, 3, -0.05),
+])
+@pytest.mark.parametrize("options", [{}, {"threads": 1}, {"threads": 2, "chunk_rows": 70}])
+def test_random_networks_equal_the_reference(rng, shapes, per_column, bias, options):
+    network = Network([random_layer(rng, a, b, per_column) for a, b in shapes], bias)
+    inputs = random_inputs(rng, 500, shapes[0][0], density=0.1)
+    expected = _expected(network, inputs)
+    assert 0 < len(expected) < 500
+    result = cpu.CpuEngine(**options).infer(network, inputs)
+    assert result.categories.tolist() == expected
+    if "chunk_rows" in options:
+        assert result.details["chunks"] == 8
+
+
+def test_columns_with_the_same_inputs_are_summed_in_pairs(engine, rng):
+    # Every column appears twice, the copy with other weights: pairs share their
+    # input loads; an odd column out and rectangular shapes take the single path.
+    layers = [sp.hstack([sp.kron(random_layer(rng, n_in, n_out, 5), np.array([[1.0, 0.75]])),
+                         random_layer(rng, n_in, 1, 3)], format="csr")
+              for n_in, n_out in [(40, 30), (61, 20), (41, 25)]]
+    pairs = cpu._column_pairs(sp.csc_matrix(layers[0]))
+    assert pairs.shape == (31, 2) and np.count_nonzero(pairs[:, 1] >= 0) == 30
+    assert sorted(pairs[pairs[:, 1] >= 0].ravel().tolist()) == list(range(60))
+    network = Network(layers, -0.2)
+    inputs = random_inputs(rng, 300, 40, density=0.2)
+    expected = _expected(network, inputs)
+    assert 0 < len(expected) < 300
+    assert engine.infer(network, inputs).categories.tolist() == expected
+
+
+@needs_numba
+def test_real_data_equals_the_reference_in_any_chunking(real_challenge):
+    network, inputs = real_challenge.network, real_challenge.inputs
+    expected = _expected(network, inputs)
+    for engine in (cpu.CpuEngine(), cpu.CpuEngine(threads=2, chunk_rows=100)):
+        result = engine.infer(network, inputs)
+        assert result.categories.tolist() == expected
+        assert validate(result.categories, real_challenge.truth).passed
+        # SPEC.md section 3: 19 rows survive from layer 16 on, all of them at 32.
+        assert result.live_rows[15:] == [19] * 105
+
+
+@needs_numba
+def test_layer_tables_are_prepared_once_per_network(real_challenge):
+    engine = cpu.CpuEngine()
+    first = engine.infer(real_challenge.network, real_challenge.inputs[:50])
+    second = engine.infer(real_challenge.network, real_challenge.inputs[:50])
+    assert first.categories.tolist() == second.categories.tolist()
+    assert second.prepare_seconds < first.prepare_seconds
+    assert engine.prepare(real_challenge.network) < 0.01
+
+
+# ------------------------------------------------------------ where rounding decides
+
+def _amplified_cancellation(inputs_values, weights, bias=-2.0**-60, gain=2.0**70):
+    """Layer 1 passes the inputs on; layer 2 sums them with ``weights`` (a near
+    cancellation whose sign depends on the order of the sum); layer 3
+    multiplies by ``gain``, so the rounding of layer 2 decides the category."""
+    n = len(weights)
+    inputs = sp.csr_matrix(np.asarray(inputs_values, dtype=float))
+    identity = sp.identity(n, format="csr")
+    cancel = sp.csr_matrix(np.asarray(weights, dtype=float).reshape(n, 1))
+    amplify = sp.csr_matrix(np.array([[gain]]))
+    return Network([identity, cancel, amplify], bias), inputs
+
+
+def _in_order_categories(network, inputs):
+    """Categories of a float64 evaluation that sums every column in the order of its rows."""
+    y = inputs.toarray()
+    for weights in network.layers:
+        dense = weights.toarray()
+        z = np.zeros((y.shape[0], dense.shape[1]))
+        for k in range(dense.shape[0]):
+            z += y[:, [k]] * dense[[k], :]
+        y = np.clip(np.where(z != 0, z + network.bias, 0.0), 0.0, 32.0)
+    return (np.flatnonzero(y.any(axis=1)) + 1).tolist()
+
+
+def test_a_cancellation_amplified_to_a_category_goes_to_the_reference(banded_engine):
+    rng = np.random.default_rng(7)
+    # 0.1 + 0.2 - 0.3 style sums: a tenth of a rounding unit decides their sign.
+    values = np.round(rng.uniform(0, 1, size=(400, 3)), 1)
+    values[:, 2] = np.round(values[:, 0] + values[:, 1], 1)
+    network, inputs = _amplified_cancellation(values, [1.0, 1.0, -1.0])
+    expected = _expected(network, inputs)
+    # The case discriminates: another summation order gives other categories.
+    assert _in_order_categories(network, inputs) != expected
+    assert 0 < len(expected) < 400
+    result = banded_engine.infer(network, inputs)
+    assert result.categories.tolist() == expected
+    assert result.rechecked_rows > 0
+
+
+def test_challenge_style_sums_that_land_on_zero(banded_engine, rng):
+    """Weights k/16 and bias -0.3, as in the challenge: sums such as
+    4 * (24/16 - 0.3) / 16 - 0.3 are 0 in exact arithmetic, so the last
+    rounding decides whether the row is a category."""
+    n_inputs, width = 600, 48
+    first = random_layer(rng, width, width, per_column=24, weight=1 / 16)
+    second = random_layer(rng, width, width, per_column=4, weight=1 / 16)
+    network = Network([first, second], -0.3)
+    dense = np.ones((n_inputs, width))
+    dense[rng.random(dense.shape) < 0.02] = 0.0  # most sums stay exactly on the threshold
+    inputs = sp.csr_matrix(dense)
+    result = banded_engine.infer(network, inputs)
+    assert result.categories.tolist() == _expected(network, inputs)
+    assert result.rechecked_rows > 0
+
+
+def test_values_near_32_and_0_in_middle_layers_need_no_recheck(banded_engine):
+    # 32.3 - 0.3 and 0.6 - 0.3 - 0.3 land on the clamp and on zero, but the
+    # next layer lifts everything far from both thresholds again.
+    inputs = sp.csr_matrix(np.array([[32.3, 0.6], [0.6, 32.3]]))
+    first = sp.csr_matrix(np.array([[1.0, 0.0], [0.0, 0.5]]))
+    second = sp.csr_matrix(np.array([[1.0, 1.0], [1.0, 1.0]]))
+    network = Network([first, second], -0.3)
+    result = banded_engine.infer(network, inputs)
+    assert result.categories.tolist() == _expected(network, inputs) == [1, 2]
+    assert result.rechecked_rows == 0
+
+
+def test_a_derived_network_is_decided_on_its_origin(banded_engine):
+    rng = np.random.default_rng(3)
+    values = np.round(rng.uniform(0, 1, size=(300, 3)), 1)
+    values[:, 2] = np.round(values[:, 0] + values[:, 1], 1)
+    original, inputs = _amplified_cancellation(values, [1.0, 1.0, -1.0])
+    # Nearly the same function, with the cancelling sum split across two layers.
+    derived = Network([sp.csr_matrix(np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])),
+                       sp.csr_matrix(np.array([[1.0], [-1.0]])),
+                       original.layers[2]], original.bias, origin=original)
+    own = forward_categories(derived.layers, derived.bias, inputs).tolist()
+    assert own != _expected(original, inputs)
+    result = banded_engine.infer(derived, inputs)
+    assert result.categories.tolist() == _expected(original, inputs)
+    assert result.rechecked_rows > 0
+
+
+def test_bounds_of_a_derived_layer_cover_the_original(rng):
+    merged = random_layer(rng, 10, 10, per_column=2)
+    original = random_layer(rng, 10, 10, per_column=8)
+    layer = cpu._Layer(merged, -0.3, original=original)
+    assert layer.max_terms == 8
+    assert layer.growth == pytest.approx(2.0)
+
+
+# ------------------------------------------------------------ bias signs and weight signs
+
+def test_positive_bias_leaves_structural_zeros_alone(banded_engine, rng):
+    # A dense formula would add the bias everywhere and wake dead rows.
+    network = Network([random_layer(rng, 60, 60, 3, column_sum=0.5) for _ in range(6)], 0.25)
+    inputs = random_inputs(rng, 300, 60, density=0.02)
+    inputs = sp.vstack([inputs, sp.csr_matrix((5, 60))], format="csr")
+    expected = _expected(network, inputs)
+    result = banded_engine.infer(network, inputs)
+    assert result.categories.tolist() == expected
+    assert not set(range(301, 306)) & set(expected)
+
+
+def test_positive_bias_with_cancelling_weights(banded_engine, rng):
+    # 1 - 1 = 0 is no structure, so no bias: MATLAB's logical(Z) semantics.
+    inputs = sp.csr_matrix(np.array([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]))
+    weights = sp.csr_matrix(np.array([[1.0], [-1.0]]))
+    network = Network([weights], 0.5)
+    result = banded_engine.infer(network, inputs)
+    assert result.categories.tolist() == _expected(network, inputs) == [2]
+    # Mixed signs with random values: sums may cancel, the reference decides those.
+    layers = [random_layer(rng, 40, 40, 4) for _ in range(5)]
+    for layer in layers:
+        layer.data[rng.random(layer.nnz) < 0.3] *= -1
+    network = Network(layers, 0.1)
+    inputs = random_inputs(rng, 200, 40, density=0.2)
+    assert banded_engine.infer(network, inputs).categories.tolist() == _expected(network, inputs)
+
+
+def test_stored_zeros_are_no_structure(banded_engine):
+    # Explicitly stored zeros (in the inputs and in a layer) make products of 0:
+    # still no structure, so a positive bias must not wake those rows.
+    inputs = sp.csr_matrix((np.array([0.0, 1.0, 2.0]), np.array([0, 1, 0]), np.array([0, 1, 2, 3])),
+                           shape=(3, 2))
+    weights = sp.csr_matrix((np.array([1.0, 0.0]), np.array([0, 1]), np.array([0, 1, 2])),
+                            shape=(2, 2))
+    assert inputs.nnz == 3 and weights.nnz == 2
+    network = Network([weights, sp.identity(2, format="csr")], 0.5)
+    result = banded_engine.infer(network, inputs)
+    assert result.categories.tolist() == _expected(network, inputs) == [3]
+
+
+def test_negative_inputs_and_zero_bias(banded_engine, rng):
+    inputs = random_inputs(rng, 200, 30, density=0.3)
+    inputs.data = rng.uniform(-1, 1, inputs.nnz)
+    network = Network([random_layer(rng, 30, 30, 4) for _ in range(4)], 0.0)
+    assert banded_engine.infer(network, inputs).categories.tolist() == _expected(network, inputs)
+
+
+# ------------------------------------------------------------ dead and saturated rows
+
+def test_rows_that_all_die_stop_the_work(engine, rng):
+    network = Network([random_layer(rng, 64, 64, 4, weight=1 / 64) for _ in range(50)], -0.3)
+    inputs = random_inputs(rng, 100, 64, density=0.3)
+    result = engine.infer(network, inputs)
+    assert result.categories.size == 0
+    # Every row dies in the first layer (4/64 < 0.3): the other 49 are never run.
+    assert result.live_rows == [0] * 50
+    assert result.layer_seconds[1:] == [0.0] * 49
+
+
+def test_rows_the_next_layer_must_kill_are_dropped_a_layer_early(engine, monkeypatch):
+    # After layer 1 the rows hold 0.1, 0.2 and 0.1 in neuron 0. Layer 2 lifts
+    # neuron 0 by at most 2 (column 0) in the first network: 2 * 0.1 - 0.3 < 0
+    # kills rows 1 and 3 there. In the second, column 1 lifts it by 4 and
+    # 4 * 0.1 - 0.3 > 0: no row may be dropped.
+    inputs = sp.csr_matrix(np.array([[0.4, 0.0], [0.5, 0.0], [0.4, 0.0]]))
+    identity = sp.identity(2, format="csr")
+    weak = sp.csr_matrix(np.array([[2.0, 0.0], [0.0, 1.0]]))
+    strong = sp.csr_matrix(np.array([[2.0, 4.0], [0.0, 1.0]]))
+    computed = []
+    apply_layer_ = cpu._apply_layer
+    monkeypatch.setattr(cpu, "_apply_layer", lambda layer, following, first, mixed, act,
+                        lane_rows, *args: computed.append(sorted(lane_rows[lane_rows >= 0]))
+                        or apply_layer_(layer, following, first, mixed, act, lane_rows, *args))
+    for second, rows_in_layer_2 in ((weak, [1]), (strong, [0, 1, 2])):
+        network = Network([identity, second, identity], -0.3)
+        engine.prepare(network)
+        computed.clear()
+        result = engine.infer(network, inputs)
+        assert result.categories.tolist() == _expected(network, inputs)
+        assert computed[1] == rows_in_layer_2
+        assert result.live_rows[0] == 3
+
+
+def test_saturated_rows_skip_layers_that_keep_them_saturated(engine, rng, monkeypatch):
+    strong = [random_layer(rng, 32, 32, 4, weight=1.0) for _ in range(30)]
+    assert all(cpu._Layer(w, -0.3).keeps_saturated for w in strong)
+    network = Network(strong, -0.3)
+    inputs = random_inputs(rng, 200, 32, density=0.4)
+    expected = _expected(network, inputs)
+    assert len(expected) > 100
+    gathered = []
+    kernel = cpu._gather_layer_dense
+    monkeypatch.setattr(cpu, "_gather_layer_dense", lambda act, *args: gathered.append(act.shape[0])
+                        or kernel(act, *args))
+    result = engine.infer(network, inputs)
+    assert result.categories.tolist() == expected
+    assert result.details["chunks"] == 1
+    # Without the shortcut, layers 2..30 would each gather the saturated rows.
+    assert 0 < len(gathered) < 15
+
+
+def test_a_layer_with_a_weak_column_brings_saturated_rows_back(engine, rng):
+    n = 32
+    strong = [random_layer(rng, n, n, 4, weight=1.0) for _ in range(10)]
+    # Column 0 sums to 0.5: an all-32 row gives 16 - 0.3 there, not 32.
+    weak = random_layer(rng, n, n, 4, weight=1.0).tolil()
+    weak[:, 0] = 0.0
+    weak[3, 0] = 0.5
+    weak = weak.tocsr()
+    # The last layer reads only neuron 0: 15.7 * 0.015 < 0.3 < 32 * 0.015.
+    last = sp.csr_matrix((np.full(n, 0.015), (np.zeros(n, dtype=int), np.arange(n))), shape=(n, n))
+    assert not cpu._Layer(weak, -0.3).keeps_saturated
+    network = Network(strong + [weak, last], -0.3)
+    inputs = random_inputs(rng, 100, n, density=0.5)
+    y = inputs
+    for weights in strong:
+        y = apply_layer(y, weights, -0.3)
+    assert np.count_nonzero((y.toarray() == 32).all(axis=1)) > 50  # saturated before the weak layer
+    result = engine.infer(network, inputs)
+    assert result.categories.tolist() == _expected(network, inputs) == []
+
+
+def test_saturation_test_is_conservative_at_the_boundary():
+    # 32 * 1.009375 - 0.3 = 32 exactly: the rounding band says "not provably".
+    column = sp.csr_matrix(np.full((1, 1), 1.009375))
+    assert not cpu._Layer(column, -0.3).keeps_saturated
+    assert cpu._Layer(sp.csr_matrix(np.full((1, 1), 1.02)), -0.3).keeps_saturated
+    # 32 s + bias >= 32 with s = 0 and a huge bias: zero sums get no bias at all.
+    assert not cpu._Layer(sp.csr_matrix((1, 1)), 40.0).keeps_saturated
+
+
+@needs_numba
+# ------------------------------------------------------------ streaming, inputs, availability
+
+def test_lazy_layers_stream_from_files(tmp_path, rng):
+    layers = [random_layer(rng, 50, 50, 5) for _ in range(6)]
+    paths = []
+    for k, weights in enumerate(layers):
+        paths.append(tmp_path / f"layer{k}.tsv")
+        io.write_layer(paths[-1], weights)
+    lazy = Network(LayerFiles(paths, [(50, 50)] * 6), -0.3)
+    inputs = random_inputs(rng, 300, 50, density=0.15)
+    engine = cpu.CpuEngine(chunk_rows=100)
+    result = engine.infer(lazy, inputs)
+    assert result.categories.tolist() == forward_categories(layers, -0.3, inputs).tolist()
+    assert engine._prepared is None  # nothing of a lazy network is kept
+
+
+def test_inputs_of_the_wrong_width_are_a_data_error(engine, rng):
+    network = Network([random_layer(rng, 20, 20, 3)], -0.3)
+    with pytest.raises(DataError, match="columns"):
+        engine.infer(network, random_inputs(rng, 5, 21))
+
+
+def test_no_inputs(engine, rng):
+    network = Network([random_layer(rng, 20, 20, 3)], -0.3)
+    result = engine.infer(network, sp.csr_matrix((0, 20)))
+    assert result.categories.size == 0 and result.live_rows == [0]
+
+
+def test_without_numba_the_engine_is_unavailable_with_a_clear_message():
+    program = (
+        "import sys; sys.modules['numba'] = None\n"
+        "from graphchallenge import engines\n"
+        "from graphchallenge.errors import EngineUnavailable\n"
+        "print(engines.availability('cpu'))\n"
+        "try:\n"
+        "    engines.get_engine('cpu')\n"
+        "except EngineUnavailable as exc:\n"
+        "    print('raised:', exc)\n")
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                         cwd=REPO, timeout=120, check=True).stdout
+    assert "(False, 'numba is not installed: pip install numba')" in out
+    assert "raised: engine 'cpu' cannot run here: numba is not installed" in out
