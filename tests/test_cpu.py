@@ -16,7 +16,7 @@ import pytest
 import scipy.sparse as sp
 
 from graphchallenge import engines, io
-from graphchallenge.engines import cpu
+from graphchallenge.engines import bounds, cpu
 from graphchallenge.engines.reference import apply_layer, forward_categories
 from graphchallenge.errors import DataError
 from graphchallenge.network import LayerFiles, Network
@@ -191,12 +191,19 @@ def test_a_derived_network_is_decided_on_its_origin(banded_engine):
     assert result.rechecked_rows > 0
 
 
+def _layer(weights, bias):
+    return cpu._Layer(weights, bias, *bounds.layer_constants(weights))
+
+
 def test_bounds_of_a_derived_layer_cover_the_original(rng):
-    merged = random_layer(rng, 10, 10, per_column=2)
-    original = random_layer(rng, 10, 10, per_column=8)
-    layer = cpu._Layer(merged, -0.3, original=original)
-    assert layer.max_terms == 8
-    assert layer.growth == pytest.approx(2.0)
+    original = Network([random_layer(rng, 10, 10, per_column=8)], -0.3)
+    merged = Network([random_layer(rng, 10, 10, per_column=2, column_sum=1.0)], -0.3,
+                     origin=original)
+    ((_, growth, max_terms),) = bounds.paired_constants(merged)
+    assert max_terms == 8
+    assert growth == pytest.approx(2.0)
+    ((_, growth, max_terms),) = bounds.paired_constants(merged.origin)
+    assert (growth, max_terms) == (pytest.approx(2.0), 8)
 
 
 # ------------------------------------------------------------ bias signs and weight signs
@@ -286,7 +293,7 @@ def test_rows_the_next_layer_must_kill_are_dropped_a_layer_early(engine, monkeyp
 
 def test_saturated_rows_skip_layers_that_keep_them_saturated(engine, rng, monkeypatch):
     strong = [random_layer(rng, 32, 32, 4, weight=1.0) for _ in range(30)]
-    assert all(cpu._Layer(w, -0.3).keeps_saturated for w in strong)
+    assert all(_layer(w, -0.3).keeps_saturated for w in strong)
     network = Network(strong, -0.3)
     inputs = random_inputs(rng, 200, 32, density=0.4)
     expected = _expected(network, inputs)
@@ -312,7 +319,7 @@ def test_a_layer_with_a_weak_column_brings_saturated_rows_back(engine, rng):
     weak = weak.tocsr()
     # The last layer reads only neuron 0: 15.7 * 0.015 < 0.3 < 32 * 0.015.
     last = sp.csr_matrix((np.full(n, 0.015), (np.zeros(n, dtype=int), np.arange(n))), shape=(n, n))
-    assert not cpu._Layer(weak, -0.3).keeps_saturated
+    assert not _layer(weak, -0.3).keeps_saturated
     network = Network(strong + [weak, last], -0.3)
     inputs = random_inputs(rng, 100, n, density=0.5)
     y = inputs
@@ -326,10 +333,10 @@ def test_a_layer_with_a_weak_column_brings_saturated_rows_back(engine, rng):
 def test_saturation_test_is_conservative_at_the_boundary():
     # 32 * 1.009375 - 0.3 = 32 exactly: the rounding band says "not provably".
     column = sp.csr_matrix(np.full((1, 1), 1.009375))
-    assert not cpu._Layer(column, -0.3).keeps_saturated
-    assert cpu._Layer(sp.csr_matrix(np.full((1, 1), 1.02)), -0.3).keeps_saturated
+    assert not _layer(column, -0.3).keeps_saturated
+    assert _layer(sp.csr_matrix(np.full((1, 1), 1.02)), -0.3).keeps_saturated
     # 32 s + bias >= 32 with s = 0 and a huge bias: zero sums get no bias at all.
-    assert not cpu._Layer(sp.csr_matrix((1, 1)), 40.0).keeps_saturated
+    assert not _layer(sp.csr_matrix((1, 1)), 40.0).keeps_saturated
 
 
 @needs_numba

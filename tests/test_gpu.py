@@ -500,3 +500,11 @@ def test_gpu_check_real_step_tiles_and_validates(emulated, gpu_check, real_data_
     assert row["configuration"] == "real neuron1024-l120, 1200 images x 2"
     assert row["inputs"] == 2400 and row["pass"] is True and row["note"].startswith("best of 2")
     assert row["te_s"] == pytest.approx(2400 * 32768 * 120 / row["seconds"] / 1e12)
+
+
+def test_derived_layer_constants_cover_the_original(rng):
+    layer = gpu.ell_from_csr(random_layer(rng, 10, 10, per_column=2, column_sum=1.0))
+    own = kernels.layer_constants(layer, -0.3)
+    widened = kernels.layer_constants(layer, -0.3, original=(2.0, 32))
+    assert widened.growth == pytest.approx(2.0) > own.growth
+    assert widened.gamma > own.gamma

@@ -13,7 +13,10 @@ the package imports on machines without numba or CuPy.
 import importlib
 
 from ..errors import EngineUnavailable
-from .base import Engine, InferenceResult, recheck  # noqa: F401
+from .base import Engine, InferenceResult, recheck
+
+__all__ = ["Engine", "InferenceResult", "recheck", "ENGINE_NAMES", "AUTO_ORDER", "availability",
+           "available_engines", "resolve", "get_engine"]
 
 # name -> (module, class); "auto" tries them in AUTO_ORDER.
 _REGISTRY = {

@@ -326,8 +326,13 @@ class LayerConstants:
     signed: bool
 
 
-def layer_constants(layer, bias):
-    """The :class:`LayerConstants` of an :class:`EllLayer` under ``bias``."""
+def layer_constants(layer, bias, original=None):
+    """The :class:`LayerConstants` of an :class:`EllLayer` under ``bias``.
+
+    ``original`` is the ``(C, M)`` of the original layer when the network is
+    derived (:func:`bounds.original_constants`): the bounds must cover the
+    reference's rounding on the original too.
+    """
     if layer.weights is None:  # every column: n_terms entries of one weight
         growth = layer.n_terms * abs(layer.uniform_weight)
         smallest = layer.n_terms * layer.uniform_weight
@@ -336,10 +341,11 @@ def layer_constants(layer, bias):
         growth = float(np.abs(layer.weights).sum(axis=0).max(initial=0.0))
         smallest = float(layer.weights.sum(axis=0).min(initial=np.inf))
         signed = bool((layer.weights < 0).any())
-    gamma = bounds.gamma(layer.n_terms + 1, bounds.unit_roundoff(np.float64))
+    growth, n_terms = bounds.widen(growth, layer.n_terms, original)
+    gamma = bounds.gamma(n_terms + 1, bounds.unit_roundoff(np.float64))
     # Margin: the band (twice the error of a sum of exact inputs) plus the
     # error of this host-side column sum and of the exact value, each below it.
-    margin = 4.0 * bounds.next_error(0.0, growth, layer.n_terms, bias)
+    margin = 4.0 * bounds.next_error(0.0, growth, n_terms, bias)
     keeps = layer.n_out > 0 and smallest > 0 and YMAX * smallest + bias - YMAX > margin
     return LayerConstants(float(growth), gamma, bool(keeps), bool(signed))
 

@@ -80,6 +80,26 @@ def band(error, growth, max_terms, bias, dtype=np.float64):
     return 2.0 * fast
 
 
+def original_constants(network):
+    """Per layer, the ``(C, M)`` of the original layer a derived network answers to.
+
+    ``None`` for every layer of a network that is its own reference, or of a
+    derived network whose depth differs from the original's (its own
+    constants must then stand for the original's).
+    """
+    exact = network.exact_reference
+    if exact is network or exact.n_layers != network.n_layers:
+        return [None] * network.n_layers
+    return [layer_constants(original) for original in exact.layers]
+
+
+def widen(growth, max_terms, original):
+    """The larger of a layer's constants and its original's (``original`` may be None)."""
+    if original is None:
+        return growth, max_terms
+    return max(growth, original[0]), max(max_terms, original[1])
+
+
 def paired_constants(network):
     """Yield ``(weights, C, M)`` for every layer of ``network``.
 
@@ -87,12 +107,5 @@ def paired_constants(network):
     and ``M`` are the larger of the layer's and the original layer's, since
     the band must cover the reference's rounding on the original too.
     """
-    exact = network.exact_reference
-    originals = (exact.layers if exact is not network and exact.n_layers == network.n_layers
-                 else [None] * network.n_layers)
-    for weights, original in zip(network.layers, originals):
-        growth, max_terms = layer_constants(weights)
-        if original is not None:
-            original_growth, original_terms = layer_constants(original)
-            growth, max_terms = max(growth, original_growth), max(max_terms, original_terms)
-        yield weights, growth, max_terms
+    for weights, original in zip(network.layers, original_constants(network)):
+        yield (weights, *widen(*layer_constants(weights), original))

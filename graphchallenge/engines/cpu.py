@@ -319,13 +319,12 @@ def _gather_lanes(act, sources, out):
 class _Layer:
     """One layer as the kernels want it, with the constants of its exactness checks.
 
-    ``original`` is the matching layer of the network the reference
-    evaluates when it is not this one (a derived network): the bounds then
-    take the larger constants of the two, since they must cover the
-    reference's rounding too.
+    ``growth`` and ``max_terms`` are the bound constants of
+    :func:`bounds.paired_constants` (for a derived network they also cover
+    the reference's rounding on the original layer).
     """
 
-    def __init__(self, weights, bias, original=None):
+    def __init__(self, weights, bias, growth, max_terms):
         weights = sp.csr_matrix(weights, dtype=np.float64)
         self.n_in, self.n_out = weights.shape
         csc = weights.tocsc()
@@ -333,10 +332,7 @@ class _Layer:
         self.gather = (csc.indptr.astype(np.int64), csc.indices.astype(np.int32),
                        np.ascontiguousarray(csc.data))
         self.pairs = _column_pairs(csc)
-        self.growth, self.max_terms = bounds.layer_constants(csc)
-        if original is not None:
-            growth, max_terms = bounds.layer_constants(original)
-            self.growth, self.max_terms = max(self.growth, growth), max(self.max_terms, max_terms)
+        self.growth, self.max_terms = growth, max_terms
         self.has_negative = bool(csc.nnz and csc.data.min() < 0)
         # Largest sum of a column's positive weights: on inputs in [0, y] no
         # output exceeds positive_growth * y (before the bias).
@@ -694,13 +690,8 @@ class CpuEngine(Engine):
 
 def _layers(network):
     """``network``'s layers as :class:`_Layer`, one at a time."""
-    exact = network.exact_reference
-    # A derived network of another depth has no layer-by-layer match: its own
-    # constants then stand for the original's, as in the reference engine.
-    originals = exact.layers if exact is not network and exact.n_layers == network.n_layers \
-        else [None] * network.n_layers
-    for weights, original in zip(network.layers, originals):
-        yield _Layer(weights, network.bias, original=original)
+    for weights, growth, max_terms in bounds.paired_constants(network):
+        yield _Layer(weights, network.bias, growth, max_terms)
 
 
 def _warm_up():

@@ -367,6 +367,7 @@ class _FusedRun:
         self.cupy = cupy
         self.network = network
         self.bias = float(network.bias)
+        self.originals = bounds.original_constants(network)
         self.inputs = inputs
         self.progress = progress
         self.n_rows = inputs.shape[0]
@@ -421,7 +422,7 @@ class _FusedRun:
                 log.info("the network needs more than %.1f GB of device memory: streaming it",
                          budget / 1e9)
                 return None, None
-            layer_consts = kernels.layer_constants(layer, self.bias)
+            layer_consts = kernels.layer_constants(layer, self.bias, self.originals[k])
             careful = kernels.needs_care(layer_consts, self.bias, k == 0 and self.negative_inputs)
             uploaded.append(_DeviceLayer.upload(self.cupy, layer, layer_consts, careful))
             constants.append(layer_consts)
@@ -640,13 +641,13 @@ class _LayerStream:
         run = self.run_state
         source = ell_layers(run.network.layers)
         ahead = next(source)
-        ahead_constants = kernels.layer_constants(ahead, run.bias)
+        ahead_constants = kernels.layer_constants(ahead, run.bias, run.originals[0])
         unpark_before = []
         for k in range(run.n_layers):
             layer, constants = ahead, ahead_constants
             if k + 1 < run.n_layers:
                 ahead = next(source)
-                ahead_constants = kernels.layer_constants(ahead, run.bias)
+                ahead_constants = kernels.layer_constants(ahead, run.bias, run.originals[k + 1])
             slot = k % 2
             careful = kernels.needs_care(constants, run.bias, k == 0 and run.negative_inputs)
             device_layer = self._stage(slot, layer, constants, careful)
@@ -735,12 +736,15 @@ class CusparseEngine(_CupyEngine):
         return _device_sparse().csr_matrix((cupy.asarray(matrix.data), cupy.asarray(matrix.indices),
                                 cupy.asarray(matrix.indptr)), shape=matrix.shape)
 
-    def _device_layer(self, cupy, layers, k, bias, careful_inputs):
-        """``(W on the device as CSR, growth, gamma, careful)`` of layer ``k``."""
+    def _device_layer(self, cupy, layers, k, bias, careful_inputs, original=None):
+        """``(W on the device as CSR, growth, gamma, careful)`` of layer ``k``.
+
+        ``original``: the original layer's ``(C, M)`` for a derived network.
+        """
         from_tables = _column_table_source(layers)
         if from_tables is not None:
             layer = from_tables(k)
-            constants = kernels.layer_constants(layer, bias)
+            constants = kernels.layer_constants(layer, bias, original)
             n_terms, n_out = layer.indices.shape
             # Column j of the table is column j of W: a CSC matrix as it stands.
             indices = cupy.ascontiguousarray(cupy.asarray(layer.indices).T).ravel()
@@ -751,10 +755,11 @@ class CusparseEngine(_CupyEngine):
             indptr = cupy.arange(n_out + 1, dtype=np.int32) * n_terms
             weights_csr = _device_sparse().csc_matrix((data, indices, indptr),
                                                       shape=(layer.n_in, n_out)).tocsr()
-            growth, n_terms_max, signed = constants.growth, n_terms, constants.signed
+            growth, n_terms_max = bounds.widen(constants.growth, n_terms, original)
+            signed = constants.signed
         else:
             host = sp.csr_matrix(layers[k], dtype=np.float64)
-            growth, n_terms_max = bounds.layer_constants(host)
+            growth, n_terms_max = bounds.widen(*bounds.layer_constants(host), original)
             weights_csr = self._device_csr(cupy, host)
             signed = bool((host.data < 0).any())
         gamma = bounds.gamma(n_terms_max + 1, bounds.unit_roundoff(np.float64))
@@ -768,9 +773,10 @@ class CusparseEngine(_CupyEngine):
         width = max(max(shape[1] for shape in network.shapes), network.n_features)
         budget = free - RESERVE_BYTES - 4 * 12 * inputs.shape[0] * width
         resident, used = [], 0
+        originals = bounds.original_constants(network)
         for k in range(network.n_layers):
             layer = self._device_layer(cupy, network.layers, k, network.bias,
-                                       k == 0 and negative_inputs)
+                                       k == 0 and negative_inputs, originals[k])
             matrix = layer[0]
             used += matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes
             if used > budget:
@@ -785,11 +791,13 @@ class CusparseEngine(_CupyEngine):
         error = cupy.zeros(y.shape[0])
         flagged = cupy.zeros(y.shape[0], dtype=bool)
         live_rows, layer_seconds = [], []
+        originals = bounds.original_constants(network) if resident is None else None
         for k in _progress_bar(range(network.n_layers), network.n_layers, self.name, progress):
             with Timer() as step:
                 weights, growth, gamma, careful = (
                     resident[k] if resident is not None else
-                    self._device_layer(cupy, network.layers, k, bias, k == 0 and negative_inputs))
+                    self._device_layer(cupy, network.layers, k, bias, k == 0 and negative_inputs,
+                                       originals[k]))
                 n_out = weights.shape[1]
                 if y.shape[0] == 0:
                     y, n_alive = _device_sparse().csr_matrix((0, n_out)), 0

@@ -113,18 +113,11 @@ class GraphblasEngine(Engine):
 def _layers(network):
     """``(Matrix, growth, max_terms, has_negative)`` per layer, one at a time.
 
-    For a derived network the bounds take the larger constants of each layer
-    and the original's (they must cover the reference's rounding too).
+    The bound constants come from :func:`bounds.paired_constants` (for a
+    derived network they cover the original's rounding too).
     """
     gb = _graphblas()
-    exact = network.exact_reference
-    originals = exact.layers if exact is not network and exact.n_layers == network.n_layers \
-        else [None] * network.n_layers
-    for weights, original in zip(network.layers, originals):
-        growth, max_terms = bounds.layer_constants(weights)
-        if original is not None:
-            constants = bounds.layer_constants(original)
-            growth, max_terms = max(growth, constants[0]), max(max_terms, constants[1])
+    for weights, growth, max_terms in bounds.paired_constants(network):
         matrix = gb.io.from_scipy_sparse(weights.tocsr().astype(np.float64))
         yield matrix, growth, max_terms, bool(weights.nnz and weights.data.min() < 0)
 
