@@ -234,9 +234,9 @@ def plot_bench(report, path):
     GraphChallengeError
         matplotlib is missing, or the file cannot be written.
     """
-    from .plot import _pyplot, _save
+    from .plot import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     rows = [row for row in report.rows if row.seconds is not None]
     figure, axis = plt.subplots(figsize=(7, 4))
     colors = ["tab:gray" if row.engine in PEERS else "tab:blue" for row in rows]
@@ -252,4 +252,4 @@ def plot_bench(report, path):
             ("" if row.passed in (True, None) else " FAIL")
         axis.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                       ha="center", va="bottom")
-    _save(plt, figure, path)
+    save_figure(plt, figure, path)

@@ -192,9 +192,9 @@ class CompactionReport:
 
         The image format follows the suffix of ``path`` (PNG, SVG, PDF).
         """
-        from .plot import _pyplot, _save
+        from .plot import pyplot, save_figure
 
-        plt = _pyplot()
+        plt = pyplot()
         layer = [change.layer for change in self.layers]
         figure, (neurons_axis, edges_axis) = plt.subplots(2, 1, sharex=True, figsize=(8, 6))
         for axis, before, after, what in (
@@ -209,7 +209,7 @@ class CompactionReport:
         neurons_axis.set_title(f"{self.network}: {self.kind} compaction, "
                                f"{self.compression_rate:.1f}x fewer edges")
         figure.tight_layout()
-        _save(plt, figure, path)
+        save_figure(plt, figure, path)
 
 
 @dataclass

@@ -527,9 +527,9 @@ def plot_finetune(report, path):
     path : path-like
         Image file (PNG, SVG or PDF, by suffix).
     """
-    from .plot import _pyplot, _save
+    from .plot import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(2, 2, figsize=(12, 8))
     figure.suptitle(f"{report.network}: FSSL, lambda {report.lam:g}, "
                     f"{report.compression_rate:.0f}x fewer edges, held-out F1 {report.f1:.3f}")
@@ -561,16 +561,16 @@ def plot_finetune(report, path):
     bars.set_ylabel(f"seconds ({report.engine}, {report.timing_inputs:,} inputs, median)")
     bars.set_yscale("log")
     figure.tight_layout()
-    _save(plt, figure, path)
+    save_figure(plt, figure, path)
 
 
 def plot_sweep(sweep, path):
     """Draw the compression-versus-F1 curve of a lambda sweep (held-out real and generated)."""
-    from .plot import _pyplot, _save
+    from .plot import pyplot, save_figure
 
     if not sweep.points:
         raise GraphChallengeError("no lambda of the sweep left a network to draw")
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
     points = sorted(sweep.points, key=lambda p: p.compression_rate)
     rates = [p.compression_rate for p in points]
@@ -592,4 +592,4 @@ def plot_sweep(sweep, path):
     axis.grid(True, which="both", alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    _save(plt, figure, path)
+    save_figure(plt, figure, path)

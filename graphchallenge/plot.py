@@ -13,7 +13,8 @@ from pathlib import Path
 from .errors import GraphChallengeError
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or a GraphChallengeError saying how to install it."""
     try:
         import matplotlib
     except ImportError:
@@ -25,7 +26,7 @@ def _pyplot():
     return plt
 
 
-def _save(plt, figure, path):
+def save_figure(plt, figure, path):
     """Save ``figure`` to ``path`` through a temporary file beside it; the format follows the suffix."""
     path = Path(path)
     suffix = path.suffix.lstrip(".").lower() or "png"
@@ -63,7 +64,7 @@ def plot_run(report, path):
     GraphChallengeError
         matplotlib is missing, or the file cannot be written.
     """
-    plt = _pyplot()
+    plt = pyplot()
     figure, (rows_axis, time_axis) = plt.subplots(1, 2, figsize=(11, 4))
     figure.suptitle(f"{report.network}: {report.n_inputs:,} inputs on {report.engine}")
     series = (
@@ -83,7 +84,7 @@ def plot_run(report, path):
             axis.set_yscale("log")
         axis.grid(True, alpha=0.3)
     figure.tight_layout()
-    _save(plt, figure, path)
+    save_figure(plt, figure, path)
 
 
 def plot_survival(curves, path, n_inputs=None):
@@ -99,7 +100,7 @@ def plot_survival(curves, path, n_inputs=None):
         Label -> number of inputs; when given, the curves are drawn as
         fractions of the inputs so that runs of different sizes compare.
     """
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for label, live in curves.items():
         values = list(live)
@@ -113,4 +114,4 @@ def plot_survival(curves, path, n_inputs=None):
     axis.grid(True, which="both", alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    _save(plt, figure, path)
+    save_figure(plt, figure, path)

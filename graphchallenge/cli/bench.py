@@ -38,9 +38,9 @@ def main(args):
     if not names:
         raise _common.usage_error("--engines needs at least one engine name")
     if args.plot:
-        from ..plot import _pyplot
+        from ..plot import pyplot
 
-        _pyplot()  # a missing matplotlib fails before the work, not after it
+        pyplot()  # a missing matplotlib fails before the work, not after it
     challenge, challenge_edges = runner.load(cfg, _common.resolve_data_dir(args), args.inputs,
                                              args.network)
     report = bench.bench(challenge, names, repeat=args.repeat, tile=args.tile,

@@ -30,9 +30,9 @@ def main(args):
     if args.inputs is not None and not args.inputs_aware:
         raise _common.usage_error("--inputs needs --inputs-aware")
     if args.plot:
-        from ..plot import _pyplot
+        from ..plot import pyplot
 
-        _pyplot()  # a missing matplotlib fails before the work, not after it
+        pyplot()  # a missing matplotlib fails before the work, not after it
     compaction = compress.compress_challenge(
         cfg, _common.resolve_data_dir(args), args.out, inputs_aware=args.inputs_aware,
         n_inputs=args.inputs, progress=_common.progress(args))

@@ -33,6 +33,10 @@ def main(args):
     cfg = catalog.config(args.neurons, args.layers)
     if args.tile < 1:
         raise _common.usage_error("--tile must be at least 1")
+    if args.plot:
+        from ..plot import pyplot
+
+        pyplot()  # a missing matplotlib fails before the work, not after it
     options = {"device": args.device} if args.device is not None else None
     comm, rank, _ = parallel.world()
     # Serial unless started by an MPI launcher; then report is None on ranks > 0.
