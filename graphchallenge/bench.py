@@ -64,6 +64,7 @@ class BenchReport:
     repeat: int
     rows: list
     machine: dict
+    ranks: int = 1
 
     @property
     def fastest_peer(self):
@@ -90,7 +91,8 @@ class BenchReport:
             f"inputs    {self.n_inputs:,}" + (f" ({self.tile} tiles)" if self.tile > 1 else ""),
             f"machine   {machine['processor']}, {machine['cpus']} CPUs, load average "
             f"{machine['load_average']} at the start",
-            f"timing    median of {self.repeat} runs each, engines in turn; preparation untimed",
+            f"timing    median of {self.repeat} runs each, engines in turn; preparation untimed"
+            + (f"; {self.ranks} MPI ranks, slowest rank timed" if self.ranks > 1 else ""),
             "",
             f"{'engine':<12}{'seconds':>10}{'min':>10}{'edges/s':>11}{'vs peer':>10}  result",
         ]
@@ -128,7 +130,7 @@ def _machine():
             "load_average": round(load, 2) if load is not None else None}
 
 
-def _available(names):
+def _available(names, make_engine):
     """Engine objects for ``names``, and notes for those that cannot run here."""
     chosen, notes = {}, {}
     for name in names:
@@ -137,7 +139,7 @@ def _available(names):
                                     f"{', '.join(engines_mod.ENGINE_NAMES)}")
         available, reason = engines_mod.availability(name)
         if available:
-            chosen[name] = engines_mod.get_engine(name)
+            chosen[name] = make_engine(name)
         else:
             notes[name] = reason
     if not chosen:
@@ -147,7 +149,7 @@ def _available(names):
 
 
 def bench(challenge, engines=("cpu", "reference", "graphblas"), repeat=3, tile=1,
-          progress=False, challenge_edges=None):
+          progress=False, challenge_edges=None, make_engine=None):
     """Time ``engines`` on ``challenge``; returns a :class:`BenchReport`.
 
     Parameters
@@ -167,6 +169,10 @@ def bench(challenge, engines=("cpu", "reference", "graphblas"), repeat=3, tile=1
         Edges of the original challenge network, for the rate when
         ``challenge.network`` is a compact one; by default those of
         ``network.exact_reference``.
+    make_engine : callable, optional
+        ``name -> Engine`` for the engines that can run here (default
+        :func:`graphchallenge.engines.get_engine`); the MPI driver passes
+        one that spreads each engine's inputs over the ranks.
 
     Raises
     ------
@@ -176,7 +182,7 @@ def bench(challenge, engines=("cpu", "reference", "graphblas"), repeat=3, tile=1
     if repeat < 1:
         raise ValueError("repeat must be at least 1")
     names = list(dict.fromkeys(engines))
-    chosen, notes = _available(names)
+    chosen, notes = _available(names, make_engine or engines_mod.get_engine)
     network = challenge.network
     inputs, truth = tile_inputs(challenge.inputs, challenge.truth, tile)
     edges = challenge_edges or network.exact_reference.edges

@@ -18,12 +18,12 @@ collective call.
 
 import logging
 import os
-from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from . import engines, runner
-from .engines.base import InferenceResult
+from .engines.base import Engine, InferenceResult
 from .errors import GraphChallengeError
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,8 @@ def block(n_items, rank, size):
 class _Collective:
     """Run a phase on every rank and agree on failure: all continue or all stop."""
 
-    def __init__(self, comm, rank):
-        self.comm, self.rank = comm, rank
+    def __init__(self, comm):
+        self.comm = comm
 
     def __call__(self, phase, function, *args, **kwargs):
         value, error = None, None
@@ -126,86 +126,146 @@ class _Collective:
         return value
 
 
-@dataclass
-class _Plan:
-    engine: str
-    options: dict
+def _node_size(comm):
+    from mpi4py import MPI
+
+    return comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
 
 
-def _choose_engine(engine, engine_options, comm, rank):
-    name = engines.resolve(engine)
+def _engine_options(name, engine_options, comm):
+    """Options for engine ``name`` on this rank: one GPU per rank, by local rank; the
+    CPU engine's threads shared out among the ranks of a node."""
     options = dict(engine_options or {})
-    if name.startswith("gpu"):
+    if name.startswith("gpu") and "device" not in options:
         import cupy
 
-        count = cupy.cuda.runtime.getDeviceCount()
-        if "device" not in options:
-            options["device"] = local_rank(comm) % count
-    return _Plan(name, options)
+        options["device"] = local_rank(comm) % cupy.cuda.runtime.getDeviceCount()
+    if name == "cpu" and "threads" not in options:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        options["threads"] = max(1, cpus // _node_size(comm))
+    return options
 
 
-def _check_agreement(comm, key):
+def _check_agreement(comm, key, kind):
+    kinds = comm.allgather(kind)
+    if len(set(kinds)) > 1:
+        raise GraphChallengeError(
+            "mixing CPU and GPU ranks is not supported: every rank must run the same "
+            f"kind of engine (got {', '.join(sorted(set(kinds)))})")
     keys = comm.allgather(key)
     if any(k != keys[0] for k in keys):
-        kinds = {k[-1] for k in keys}
-        if len(kinds) > 1:
-            raise GraphChallengeError(
-                "mixing CPU and GPU ranks is not supported: every rank must run the same "
-                f"kind of engine (got {', '.join(sorted(kinds))})")
         raise GraphChallengeError(
-            f"ranks disagree on the run (rank 0: {keys[0][:-1]}, others differ); "
+            f"ranks disagree on the run (rank 0: {keys[0]}, others differ); "
             "start every rank with the same options")
+
+
+def _kind(names):
+    return "gpu" if any(name.startswith("gpu") for name in names) else "cpu"
+
+
+class DistributedEngine(Engine):
+    """An engine run data-parallel over the MPI ranks.
+
+    Each rank infers its contiguous block of the inputs; the categories are
+    gathered on every rank; the time is the slowest rank's inference, from
+    a barrier that follows an untimed warm-up (JIT compilation, uploads).
+    """
+
+    def __init__(self, engine, comm):
+        self.engine = engine
+        self.comm = comm
+        self.name = engine.name
+        self.description = engine.description
+        self._collective = _Collective(comm)
+        self._warm = None
+
+    def prepare(self, network):
+        """Untimed per-network work of every rank (the wrapped engine's, and a warm-up)."""
+        prepare = getattr(self.engine, "prepare", None)
+        if prepare is not None:
+            self._collective("preparing", prepare, network)
+        return self._warm_up(network, None)
+
+    def _warm_up(self, network, inputs):
+        if self._warm is network:
+            return 0.0
+        if inputs is None:
+            inputs = sp.csr_matrix((1, network.n_features))
+        result = self._collective("warming up", self.engine.infer, network, inputs[:1])
+        self._warm = network
+        return result.prepare_seconds + result.infer_seconds
+
+    def infer(self, network, inputs, progress=False):
+        comm, rank = self.comm, self.comm.Get_rank()
+        warm_seconds = self._warm_up(network, inputs)
+        start, stop = block(inputs.shape[0], rank, comm.Get_size())
+        comm.Barrier()
+        result = self._collective("running inference", self.engine.infer, network,
+                                  inputs[start:stop], progress=progress and rank == 0)
+        local = (result.categories + start).astype(np.int64)
+        counts = np.array(comm.allgather(local.size), dtype=np.int64)
+        categories = np.empty(int(counts.sum()), dtype=np.int64)
+        comm.Allgatherv(local, (categories, counts))
+        seconds = comm.allgather(result.infer_seconds)
+        return InferenceResult(
+            categories=np.sort(categories), infer_seconds=max(seconds), engine=self.name,
+            prepare_seconds=max(comm.allgather(result.prepare_seconds + warm_seconds)),
+            rechecked_rows=sum(comm.allgather(result.rechecked_rows)),
+            details={"ranks": comm.Get_size(), "rank_seconds": seconds})
 
 
 def run(cfg, data_dir=None, engine="auto", n_inputs=None, tile=1, network_dir=None,
         progress=False, engine_options=None):
     """:func:`graphchallenge.runner.run`, data-parallel over the MPI ranks.
 
-    Returns the RunReport on rank 0 and None on the other ranks.
+    Serial outside an MPI launch. Returns the RunReport on rank 0 and None
+    on the other ranks.
     """
     comm, rank, size = world()
     if comm is None:
         return runner.run(cfg, data_dir, engine, n_inputs, tile, network_dir, progress,
                           engine_options)
-    collective = _Collective(comm, rank)
-    plan = collective("choosing the engine", _choose_engine, engine, engine_options, comm, rank)
-    kind = "gpu" if plan.engine.startswith("gpu") else "cpu"
+    collective = _Collective(comm)
+    name = collective("choosing the engine", engines.resolve, engine)
     collective("comparing options", _check_agreement, comm,
-               (cfg.name, plan.engine, n_inputs, tile, str(network_dir), kind))
+               (cfg.name, name, n_inputs, tile, str(network_dir)), _kind([name]))
+    options = collective("choosing the device", _engine_options, name, engine_options, comm)
+    engine_obj = collective("starting the engine", engines.get_engine, name, **options)
     challenge, challenge_edges = collective("loading the data", runner.load, cfg, data_dir,
                                             n_inputs, network_dir)
-    inputs, truth = runner.tile_inputs(challenge.inputs, challenge.truth, tile)
-    start, stop = block(inputs.shape[0], rank, size)
-    mine = inputs[start:stop]
-    engine_obj = collective("starting the engine", engines.get_engine, plan.engine, **plan.options)
-    # Warm-up outside the timer: JIT compilation, device uploads, per-network preparation.
-    warm = collective("warming up", engine_obj.infer, challenge.network, inputs[:1])
-    comm.Barrier()
-    result = collective("running inference", engine_obj.infer, challenge.network, mine,
-                        progress=progress and rank == 0)
-    local = (result.categories + start).astype(np.int64)
-    counts = np.array(comm.allgather(local.size), dtype=np.int64)
-    gathered = np.empty(int(counts.sum()), dtype=np.int64) if rank == 0 else None
-    comm.Gatherv(local, (gathered, counts) if rank == 0 else None, root=0)
-    seconds = comm.allgather(result.infer_seconds)
-    rechecked = comm.allreduce(result.rechecked_rows)
-    prepare = comm.allreduce(result.prepare_seconds + warm.prepare_seconds + warm.infer_seconds,
-                             op=_max_op())
-    if rank != 0:
-        return None
-    combined = InferenceResult(categories=np.sort(gathered), infer_seconds=max(seconds),
-                               engine=result.engine, prepare_seconds=prepare,
-                               rechecked_rows=rechecked)
-    report = runner.make_report(challenge, inputs, truth, combined, tile, challenge_edges)
-    report.ranks = size
-    report.rank_seconds = seconds
-    return report
+    report = runner.infer_and_validate(challenge, DistributedEngine(engine_obj, comm), tile,
+                                       progress, challenge_edges=challenge_edges)
+    return report if rank == 0 else None
 
 
-def _max_op():
-    from mpi4py import MPI
+def bench(cfg, data_dir=None, engine_names=("cpu", "reference", "graphblas"), repeat=3, tile=1,
+          n_inputs=None, network_dir=None, progress=False):
+    """:func:`graphchallenge.bench.bench` with every engine data-parallel over the MPI ranks.
 
-    return MPI.MAX
+    Serial outside an MPI launch. Returns the BenchReport on rank 0 and
+    None on the other ranks.
+    """
+    from . import bench as bench_mod
+
+    comm, rank, _ = world()
+    collective = _Collective(comm) if comm is not None else None
+    if comm is not None:
+        collective("comparing options", _check_agreement, comm,
+                   (cfg.name, tuple(engine_names), repeat, tile, n_inputs, str(network_dir)),
+                   _kind(engine_names))
+        challenge, challenge_edges = collective("loading the data", runner.load, cfg, data_dir,
+                                                n_inputs, network_dir)
+
+        def make_engine(name):
+            options = _engine_options(name, None, comm)
+            return DistributedEngine(engines.get_engine(name, **options), comm)
+
+        report = collective("benchmarking", bench_mod.bench, challenge, engine_names, repeat,
+                            tile, progress and rank == 0, challenge_edges, make_engine)
+        report.ranks = comm.Get_size()
+        return report if rank == 0 else None
+    challenge, challenge_edges = runner.load(cfg, data_dir, n_inputs, network_dir)
+    return bench_mod.bench(challenge, engine_names, repeat, tile, progress, challenge_edges)
 
 
 def exit_status(comm, status):

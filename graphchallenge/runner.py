@@ -103,7 +103,8 @@ def make_report(challenge, inputs, truth, result, tile=1, challenge_edges=None):
         network=challenge.network.name, network_edges=challenge.network.edges, tile=tile,
         validation=validation.to_dict() if validation else None,
         live_rows=result.live_rows, layer_seconds=result.layer_seconds, files=challenge.files,
-        categories=result.categories.tolist())
+        categories=result.categories.tolist(), ranks=result.details.get("ranks", 1),
+        rank_seconds=result.details.get("rank_seconds"))
 
 
 def infer_and_validate(challenge, engine="auto", tile=1, progress=False, engine_options=None,

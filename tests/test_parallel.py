@@ -85,3 +85,14 @@ def test_ranks_with_different_options_are_refused(real_data_dir):
     args = ["run", "--neurons", 1024, "--layers", 120, "--data-dir", real_data_dir]
     result = _run_mpi(args, args + ["--tile", 2], timeout=60)
     assert result.returncode == 2 and "ranks disagree" in result.stderr
+
+
+@pytest.mark.mpi
+def test_bench_under_two_ranks_reports_once_and_passes(real_data_dir):
+    args = ["bench", "--neurons", 1024, "--layers", 120, "--data-dir", real_data_dir,
+            "--engines", "reference", "--repeat", 1, "--json"]
+    result = _run_mpi(args, args)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ranks"] == 2 and report["passed"] is True
+    assert report["rows"][0]["n_categories"] == 19

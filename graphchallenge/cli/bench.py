@@ -1,7 +1,8 @@
 """``graphchallenge bench``: engines and peers side by side on the same data."""
 
-from .. import bench, catalog, runner
-from . import EXIT_FAIL, EXIT_OK, _common
+from .. import bench, catalog, parallel
+from ..errors import GraphChallengeError
+from . import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _common
 
 HELP = ("time several engines on the same loaded challenge (median of repeated runs) "
         "against the scipy and GraphBLAS peers")
@@ -41,11 +42,21 @@ def main(args):
         from ..plot import pyplot
 
         pyplot()  # a missing matplotlib fails before the work, not after it
-    challenge, challenge_edges = runner.load(cfg, _common.resolve_data_dir(args), args.inputs,
-                                             args.network)
-    report = bench.bench(challenge, names, repeat=args.repeat, tile=args.tile,
-                         progress=_common.progress(args), challenge_edges=challenge_edges)
-    if args.plot:
-        bench.plot_bench(report, args.plot)
-    _common.emit(args, report.to_dict(), report.text())
-    return EXIT_OK if report.passed else EXIT_FAIL
+    comm, rank, _ = parallel.world()
+    # Serial unless started by an MPI launcher; then report is None on ranks > 0.
+    report = parallel.bench(cfg, _common.resolve_data_dir(args), names, repeat=args.repeat,
+                            tile=args.tile, n_inputs=args.inputs, network_dir=args.network,
+                            progress=_common.progress(args) and rank == 0)
+    status, error = None, None
+    if report is not None:
+        try:
+            if args.plot:
+                bench.plot_bench(report, args.plot)
+            _common.emit(args, report.to_dict(), report.text())
+            status = EXIT_OK if report.passed else EXIT_FAIL
+        except GraphChallengeError as exc:  # reported after the other ranks learn the status
+            error, status = exc, EXIT_ERROR
+    status = parallel.exit_status(comm, status)
+    if error is not None:
+        raise error
+    return status
