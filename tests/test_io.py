@@ -206,3 +206,20 @@ def test_cache_keeps_arbitrary_values_and_wide_layers(tmp_path, rng):
     io.save_csr(tmp_path / "w.csr", wide)  # column indices beyond 16 bits
     back = io.load_csr(tmp_path / "w.csr")
     assert (back != wide).nnz == 0 and back.indices.dtype == back.indptr.dtype
+
+
+def test_uniform_cached_layers_share_one_read_only_weight_array(tmp_path, rng):
+    paths = []
+    for k in range(2):
+        path = tmp_path / f"n40-l{k}.tsv"
+        layer = _random_layer(rng, 40, 40, per_column=4, weight=0.0625)
+        io.write_layer(path, layer)
+        io.read_layer(path, 40)  # fills the cache
+        paths.append(path)
+    first, second = (io.read_layer(p, 40) for p in paths)
+    assert first.data is second.data and not first.data.flags.writeable
+    with pytest.raises(ValueError):
+        first.data[0] = 1.0
+    copy = first.copy()
+    copy.data[0] = 1.0  # a copy is the caller's own
+    assert io.read_layer(paths[0], 40).data[0] == 0.0625
