@@ -134,3 +134,17 @@ def test_info_json(real_data_dir):
 def test_no_command_prints_help_and_exits_2():
     code, _, err = cli()
     assert code == 2 and "COMMAND" in err
+
+
+def test_a_closed_stdout_pipe_is_not_a_traceback():
+    # Like `graphchallenge info | head -1`: the reader is gone before the report is written.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "graphchallenge", "info", "--json"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 141

@@ -12,6 +12,7 @@ validation, 2 bad usage or bad input (one line on stderr, no traceback).
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from ..errors import GraphChallengeError
@@ -78,3 +79,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("graphchallenge: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`... | head`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
