@@ -105,3 +105,21 @@ def random_inputs(rng, n_inputs, n_features, density=0.2):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def _engine_params():
+    from graphchallenge import engines
+
+    return [pytest.param(name, marks=[pytest.mark.gpu] if name.startswith("gpu") else [], id=name)
+            for name in engines.ENGINE_NAMES]
+
+
+@pytest.fixture(params=_engine_params())
+def engine(request):
+    """Every engine in turn; one that cannot run here skips with the reason."""
+    from graphchallenge import engines
+
+    available, reason = engines.availability(request.param)
+    if not available:
+        pytest.skip(f"engine {request.param} unavailable: {reason}")
+    return engines.get_engine(request.param)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from graphchallenge import compress, engines
+from graphchallenge import compress
 from graphchallenge.cli import main
 from graphchallenge.engines.reference import ReferenceEngine, forward_categories
 from graphchallenge.errors import DataError
@@ -19,22 +19,6 @@ from graphchallenge.network import Network
 from graphchallenge.validate import validate
 
 from conftest import REPO, random_inputs, random_layer
-
-
-def _engine_params():
-    params = []
-    for name in engines.ENGINE_NAMES:
-        marks = [pytest.mark.gpu] if name.startswith("gpu") else []
-        params.append(pytest.param(name, marks=marks, id=name))
-    return params
-
-
-@pytest.fixture(params=_engine_params())
-def engine(request):
-    available, reason = engines.availability(request.param)
-    if not available:
-        pytest.skip(f"engine {request.param} unavailable: {reason}")
-    return engines.get_engine(request.param)
 
 
 def dense(matrix):

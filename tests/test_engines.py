@@ -1,31 +1,13 @@
 """The same checks on every engine available here (GPU engines carry the gpu marker)."""
 
-import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from graphchallenge import engines
 from graphchallenge.engines.reference import forward_categories
 from graphchallenge.network import Network
 from graphchallenge.validate import validate
 
 from conftest import random_inputs, random_layer
-
-
-def _engine_params():
-    params = []
-    for name in engines.ENGINE_NAMES:
-        marks = [pytest.mark.gpu] if name.startswith("gpu") else []
-        params.append(pytest.param(name, marks=marks, id=name))
-    return params
-
-
-@pytest.fixture(params=_engine_params())
-def engine(request):
-    available, reason = engines.availability(request.param)
-    if not available:
-        pytest.skip(f"engine {request.param} unavailable: {reason}")
-    return engines.get_engine(request.param)
 
 
 def test_real_data_passes(engine, real_challenge):

@@ -30,6 +30,56 @@ def add_quiet(parser):
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def add_input_selection(parser):
+    """``--inputs``, ``--tile`` and ``--network``: which inputs and which network a run uses."""
+    parser.add_argument("--inputs", type=int, default=None, metavar="K",
+                        help="use only the first K inputs (validated against truth rows <= K)")
+    parser.add_argument("--tile", type=int, default=1, metavar="T",
+                        help="repeat the inputs T times (e.g. 50 x 1200 = 60,000)")
+    parser.add_argument("--network", default=None, metavar="DIR",
+                        help="run a compact network written by `graphchallenge compress` or "
+                             "`finetune` instead of the original (validated against the "
+                             "original truth)")
+
+
+def check_input_selection(args):
+    if args.tile < 1:
+        raise usage_error("--tile must be at least 1")
+    if args.inputs is not None and args.inputs < 1:
+        raise usage_error("--inputs must be at least 1")
+
+
+def require_plotting(args):
+    """With ``--plot``, fail on a missing matplotlib before the work, not after it."""
+    if getattr(args, "plot", None):
+        from ..plot import pyplot
+
+        pyplot()
+
+
+def finish_on_rank0(comm, report, publish):
+    """``publish(report)`` on the rank holding the report; every rank returns its status.
+
+    Under MPI only rank 0 holds a report. An error while publishing it is
+    raised only after the other ranks have learnt the exit status, so none
+    waits for rank 0 forever.
+    """
+    from ..errors import GraphChallengeError
+    from ..parallel import exit_status
+    from . import EXIT_ERROR
+
+    status, error = None, None
+    if report is not None:
+        try:
+            status = publish(report)
+        except GraphChallengeError as exc:
+            error, status = exc, EXIT_ERROR
+    status = exit_status(comm, status)
+    if error is not None:
+        raise error
+    return status
+
+
 def resolve_data_dir(args):
     return data_dir(getattr(args, "data_dir", None))
 

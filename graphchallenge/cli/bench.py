@@ -1,8 +1,7 @@
 """``graphchallenge bench``: engines and peers side by side on the same data."""
 
 from .. import bench, catalog, parallel
-from ..errors import GraphChallengeError
-from . import EXIT_ERROR, EXIT_FAIL, EXIT_OK, _common
+from . import EXIT_FAIL, EXIT_OK, _common
 
 HELP = ("time several engines on the same loaded challenge (median of repeated runs) "
         "against the scipy and GraphBLAS peers")
@@ -16,13 +15,7 @@ def add_arguments(parser):
                              "one that cannot run here is listed as skipped")
     parser.add_argument("--repeat", type=int, default=3, metavar="R",
                         help="timed runs per engine; the median is reported (default 3)")
-    parser.add_argument("--tile", type=int, default=1, metavar="T",
-                        help="repeat the inputs T times (e.g. 50 x 1200 = 60,000)")
-    parser.add_argument("--inputs", type=int, default=None, metavar="K",
-                        help="use only the first K inputs (validated against truth rows <= K)")
-    parser.add_argument("--network", default=None, metavar="DIR",
-                        help="run a compact network written by `graphchallenge compress` instead "
-                             "of the original (validated against the original truth)")
+    _common.add_input_selection(parser)
     parser.add_argument("--plot", default=None, metavar="FILE.png",
                         help="draw each engine's rate and speed-up (needs matplotlib)")
     _common.add_json(parser)
@@ -31,32 +24,23 @@ def add_arguments(parser):
 
 def main(args):
     cfg = catalog.config(args.neurons, args.layers)
-    if args.tile < 1:
-        raise _common.usage_error("--tile must be at least 1")
+    _common.check_input_selection(args)
     if args.repeat < 1:
         raise _common.usage_error("--repeat must be at least 1")
     names = [name.strip() for name in args.engines.split(",") if name.strip()]
     if not names:
         raise _common.usage_error("--engines needs at least one engine name")
-    if args.plot:
-        from ..plot import pyplot
-
-        pyplot()  # a missing matplotlib fails before the work, not after it
+    _common.require_plotting(args)
     comm, rank, _ = parallel.world()
     # Serial unless started by an MPI launcher; then report is None on ranks > 0.
     report = parallel.bench(cfg, _common.resolve_data_dir(args), names, repeat=args.repeat,
                             tile=args.tile, n_inputs=args.inputs, network_dir=args.network,
                             progress=_common.progress(args) and rank == 0)
-    status, error = None, None
-    if report is not None:
-        try:
-            if args.plot:
-                bench.plot_bench(report, args.plot)
-            _common.emit(args, report.to_dict(), report.text())
-            status = EXIT_OK if report.passed else EXIT_FAIL
-        except GraphChallengeError as exc:  # reported after the other ranks learn the status
-            error, status = exc, EXIT_ERROR
-    status = parallel.exit_status(comm, status)
-    if error is not None:
-        raise error
-    return status
+
+    def publish(report):
+        if args.plot:
+            bench.plot_bench(report, args.plot)
+        _common.emit(args, report.to_dict(), report.text())
+        return EXIT_OK if report.passed else EXIT_FAIL
+
+    return _common.finish_on_rank0(comm, report, publish)

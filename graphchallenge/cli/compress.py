@@ -29,10 +29,7 @@ def main(args):
     cfg = catalog.config(args.neurons, args.layers)
     if args.inputs is not None and not args.inputs_aware:
         raise _common.usage_error("--inputs needs --inputs-aware")
-    if args.plot:
-        from ..plot import pyplot
-
-        pyplot()  # a missing matplotlib fails before the work, not after it
+    _common.require_plotting(args)
     compaction = compress.compress_challenge(
         cfg, _common.resolve_data_dir(args), args.out, inputs_aware=args.inputs_aware,
         n_inputs=args.inputs, progress=_common.progress(args))

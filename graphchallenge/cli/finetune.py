@@ -83,6 +83,7 @@ def add_arguments(parser):
 
 def main(args):
     cfg = catalog.config(args.neurons, args.layers)
+    _common.require_plotting(args)
     options = finetune.FsslOptions(
         lam=args.lam, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
         inner_steps=args.inner_steps, margin=args.margin, reweight=args.reweight,
