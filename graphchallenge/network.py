@@ -42,6 +42,10 @@ class LayerFiles(Sequence):
             return LayerFiles(self.paths[index], self.shapes[index], self.cache)
         return io.read_layer(self.paths[index], shape=self.shapes[index], cache=self.cache)
 
+    def read_all(self):
+        """Every layer, read several at a time (:func:`graphchallenge.io.read_layers`)."""
+        return io.read_layers(self.paths, self.shapes, cache=self.cache)
+
 
 class Network:
     """A sparse DNN: ``Y <- min(32, max(0, Y @ W_k + bias on the structure)))`` per layer.
@@ -124,6 +128,9 @@ class Network:
         """This network with every layer loaded (a no-op for in-memory layers)."""
         if isinstance(self.layers, list):
             return self
+        if isinstance(self.layers, LayerFiles):
+            layers = self.layers.read_all()
+            return Network(layers, self.bias, self.name, self.origin, self.config)
         return Network(list(self.layers), self.bias, self.name, self.origin, self.config)
 
 
@@ -167,7 +174,7 @@ def load_network(cfg, root=None, cache=True, lazy=None):
     if lazy is None:
         lazy = cfg.edges > 2**28
     if not lazy:
-        layers = list(layers)
+        layers = layers.read_all()
     return Network(layers, cfg.bias, name=cfg.name, config=cfg)
 
 

@@ -223,3 +223,16 @@ def test_uniform_cached_layers_share_one_read_only_weight_array(tmp_path, rng):
     copy = first.copy()
     copy.data[0] = 1.0  # a copy is the caller's own
     assert io.read_layer(paths[0], 40).data[0] == 0.0625
+
+
+def test_read_layers_side_by_side_matches_one_by_one_and_reports_the_bad_file(tmp_path, rng):
+    paths = []
+    for k in range(6):
+        paths.append(tmp_path / f"n30-l{k}.tsv")
+        io.write_layer(paths[-1], random_layer(rng, 30, 30))
+    shapes = [(30, 30)] * len(paths)
+    together = io.read_layers(paths, shapes, cache=False, threads=3)
+    assert all((a != io.read_layer(p, 30, cache=False)).nnz == 0 for a, p in zip(together, paths))
+    paths[4].write_text("1\t1\tbad\n")
+    with pytest.raises(DataError, match="n30-l4.tsv:1: not a number"):
+        io.read_layers(paths, shapes, cache=False, threads=3)
