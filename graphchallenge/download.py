@@ -93,6 +93,10 @@ _MEMBER_KINDS = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link",
                  tarfile.FIFOTYPE: "FIFO"}
 
 
+class CorruptTarball(DataError):
+    """The network tarball cannot be read to the end (damaged or truncated)."""
+
+
 @dataclass
 class FileReport:
     """One file of a download: where it lives and what was done to it.
@@ -299,8 +303,17 @@ class _Getter:
             return Extraction(paths.network_dir, 0, len(names), {})
         # A freshly fetched tarball may differ from the one the present
         # layers came from, so they are rewritten rather than trusted by size.
-        extraction = extract_layers(paths.tarball, paths.network_dir, cfg.neurons, cfg.layers,
-                                    progress=progress, overwrite=fresh)
+        try:
+            extraction = extract_layers(paths.tarball, paths.network_dir, cfg.neurons,
+                                        cfg.layers, progress=progress, overwrite=fresh)
+        except CorruptTarball as exc:
+            # A server can send a damaged file of the announced size: move it
+            # aside (kept for inspection) and forget its record, so the next
+            # download fetches it again instead of trusting it.
+            self.record.forget(cfg.network_path)
+            aside = paths.tarball.with_name(paths.tarball.name + ".corrupt")
+            os.replace(paths.tarball, aside)
+            raise CorruptTarball(f"{exc}; moved it to {aside}: run the download again") from None
         self.record.put_layers(cfg.network_path, extraction.layer_sizes)
         return extraction
 
@@ -314,6 +327,8 @@ class _Record:
             self.files = json.loads(self.path.read_text())["files"]
         except FileNotFoundError:
             self.files = {}
+        except OSError as exc:
+            raise DownloadError(f"cannot use the data folder {root}: {exc.strerror or exc}") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{self.path} is not a hash record ({exc}); delete it and "
                             "download again") from None
@@ -350,11 +365,19 @@ class _Record:
         self.files[relpath].setdefault("layers", {}).update(layer_sizes)
         self._save()
 
+    def forget(self, relpath):
+        """Drop what is recorded of ``relpath`` (it proved unusable)."""
+        if self.files.pop(relpath, None) is not None:
+            self._save()
+
     def _save(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         part = self.path.with_name(self.path.name + ".part")
-        part.write_text(json.dumps({"version": 1, "files": self.files}, indent=1) + "\n")
-        os.replace(part, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            part.write_text(json.dumps({"version": 1, "files": self.files}, indent=1) + "\n")
+            os.replace(part, self.path)
+        except OSError as exc:
+            raise DownloadError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
 
 def fetch(url, dest, sha256=None, *, progress=False, retries=RETRIES, backoff=BACKOFF,
@@ -506,7 +529,7 @@ def extract_layers(tarball, dest_dir, neurons, n_layers, *, progress=False, over
                 if len(sizes) == len(wanted):
                     break
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise DataError(f"{tarball} is not a readable .tar.gz ({exc}); delete it and "
+        raise CorruptTarball(f"{tarball} is not a readable .tar.gz ({exc}); delete it and "
                         "download again") from None
     except OSError as exc:
         raise DataError(f"cannot extract {tarball} into {dest_dir}: {exc}") from None

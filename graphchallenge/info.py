@@ -78,6 +78,7 @@ def collect(data_dir=None):
         "gpus": _gpus(),
         "mpi": _mpi(),
         "data_dir": str(root),
+        "data_dir_exists": root.is_dir(),
         "data": _data(root) if root.is_dir() else [],
     }
 
@@ -100,7 +101,9 @@ def text(info):
                      + (f" ({mpi['library']})" if "library" in mpi else
                         " (start under mpiexec or srun to use several)"))
     lines += ["", f"data in {info['data_dir']}"]
-    if not info["data"]:
+    if not info["data_dir_exists"]:
+        lines.append("  the folder does not exist (--data-dir, $GRAPHCHALLENGE_DATA, or ./data)")
+    elif not info["data"]:
         lines.append("  nothing found (graphchallenge download ... or graphchallenge generate ...)")
     for entry in info["data"]:
         state = "ready" if entry["runnable"] else "incomplete"

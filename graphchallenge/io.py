@@ -38,8 +38,10 @@ _CACHE_VERSION = 3
 # ---------------------------------------------------------------- text parsing
 
 def _open_text(path):
-    path = Path(path)
-    if path.suffix == ".gz":
+    # By content, not name: a gzipped file without ".gz" is read all the same.
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == b"\x1f\x8b"
+    if gzipped:
         return gzip.open(path, "rt", encoding="ascii", errors="replace")
     return open(path, "rt", encoding="ascii", errors="replace")
 
@@ -106,6 +108,13 @@ def _index_error(path, position, message):
     return DataError(f"{path}: {message}")
 
 
+def _require_file(path):
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a file")
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+
+
 def _check_indices(path, name, values, limit):
     if values.dtype.kind == "i":
         if values.size == 0 or (values.min() >= 1 and (limit is None or values.max() <= limit)):
@@ -115,8 +124,8 @@ def _check_indices(path, name, values, limit):
         bad |= values > limit
     if bad.any():
         where = int(np.flatnonzero(bad)[0])
-        bound = f"1..{limit}" if limit is not None else ">= 1"
-        raise _index_error(path, where, f"{name} index {values[where]:g} is not an integer in {bound}")
+        bound = f"in 1..{limit}" if limit is not None else ">= 1"
+        raise _index_error(path, where, f"{name} index {values[where]:g} is not an integer {bound}")
     return values.astype(np.int64) - 1
 
 
@@ -142,8 +151,7 @@ def read_triples(path, n_rows=None, n_cols=None):
         that is not a positive integer within range, a non-finite value.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    _require_file(path)
     triples = _read_fast(path)
     if triples is None:
         triples = _read_slow(path)
@@ -192,18 +200,29 @@ def _umask():
 
 
 def _write_atomic(dest, write):
-    """Call ``write(handle)`` on a temporary file beside ``dest``, then rename it into place."""
+    """Call ``write(handle)`` on a temporary file beside ``dest``, then rename it into place.
+
+    Raises DataError when ``dest`` cannot be written (a folder in its way, no
+    permission, a full disk); nothing is left behind then.
+    """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    if dest.is_dir():
+        raise DataError(f"cannot write {dest}: it is a folder")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    except OSError as exc:
+        raise DataError(f"cannot write {dest}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
         # mkstemp creates the file private (0600); give it a normal file's permissions.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DataError(f"cannot write {dest}: {exc.strerror or exc}") from None
         raise
 
 
@@ -418,8 +437,7 @@ def read_categories(path):
     Returns the sorted unique indices as int64.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    _require_file(path)
     categories = []
     with _open_text(path) as handle:
         for lineno, line in enumerate(handle, 1):

@@ -148,3 +148,25 @@ def test_a_closed_stdout_pipe_is_not_a_traceback():
         os.close(write_end)
     assert "Traceback" not in proc.stderr
     assert proc.returncode == 141
+
+
+def test_unwritable_categories_out_is_one_line(real_data_dir, tmp_path):
+    (tmp_path / "file").write_text("x")
+    for target in (tmp_path / "file" / "sub.tsv", tmp_path):
+        code, _, err = cli("run", "--neurons", 1024, "--layers", 120, "--data-dir", real_data_dir,
+                           "--inputs", 50, "--categories-out", target)
+        assert code == 2 and "Traceback" not in err and "cannot write" in err
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_device_with_a_cpu_engine_is_ignored_with_a_warning(real_data_dir):
+    code, out, err = cli("run", "--neurons", 1024, "--layers", 120, "--data-dir", real_data_dir,
+                         "--engine", "reference", "--inputs", 300, "--device", 0, "--json")
+    assert code == 0, err
+    assert "--device applies to the GPU engines only" in err
+    assert json.loads(out)["passed"] is True
+
+
+def test_info_says_when_the_data_folder_is_missing(tmp_path):
+    code, out, _ = cli("info", "--data-dir", tmp_path / "nowhere")
+    assert code == 0 and "the folder does not exist" in out

@@ -561,6 +561,34 @@ def test_corrupt_tarball(mirror, tmp_path):
     assert not list((tmp_path / "net").glob("*.part"))
 
 
+def test_a_served_tarball_that_is_damaged_is_moved_aside_not_trusted(mirror, server, base_url,
+                                                                     tmp_path):
+    # The server itself holds a truncated tarball and announces its size: the
+    # download checks out, the extraction cannot; the next run must fetch it again.
+    cfg = catalog.config(N, N_LAYERS)
+    served = mirror / cfg.network_path
+    good = served.read_bytes()
+    served.write_bytes(good[:len(good) // 2])
+    data = tmp_path / "data"
+    with pytest.raises(dl.CorruptTarball, match="moved it to .*corrupt"):
+        dl.download(cfg, data, base_url, what=["network"], **FAST)
+    assert not (data / cfg.network_path).exists()
+    assert (data / (cfg.network_path + ".corrupt")).exists()
+    served.write_bytes(good)
+    report = dl.download(cfg, data, base_url, what=["network"], **FAST)
+    assert report.files[0].action == "fetched" and report.layers_extracted == N_LAYERS
+    assert sha256(data / cfg.network_path) == sha256(served)
+
+
+def test_data_folder_under_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = run_cli("download", "--neurons", str(N), "--layers", "4", "--data-dir",
+                     str(tmp_path / "file" / "sub"), "--base-url", "http://127.0.0.1:9",
+                     "--retries", "0", "-q")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cannot use the data folder" in result.stderr
+
+
 # -------------------------------------------------------------- command line
 
 def test_cli_json_and_base_url_from_environment(server, base_url, tmp_path, capsys,

@@ -236,3 +236,9 @@ def test_read_layers_side_by_side_matches_one_by_one_and_reports_the_bad_file(tm
     paths[4].write_text("1\t1\tbad\n")
     with pytest.raises(DataError, match="n30-l4.tsv:1: not a number"):
         io.read_layers(paths, shapes, cache=False, threads=3)
+
+
+def test_gzip_is_recognised_by_content_not_name(tmp_path):
+    path = tmp_path / "categories.tsv"
+    path.write_bytes(gzip.compress(b"4\n2\n"))
+    assert io.read_categories(path).tolist() == [2, 4]

@@ -69,13 +69,6 @@ def main(argv=None):
         return EXIT_ERROR
     try:
         return args._main(args)
-    except GraphChallengeError as exc:
-        from ..parallel import launched_rank
-
-        # Under MPI every rank raises the same agreed error; rank 0 reports it.
-        if launched_rank() == 0:
-            print(f"graphchallenge: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     except KeyboardInterrupt:
         print("graphchallenge: interrupted", file=sys.stderr)
         return 130
@@ -84,3 +77,11 @@ def main(argv=None):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except (GraphChallengeError, OSError) as exc:
+        # OSError: a file-system failure no module anticipated, still one line.
+        from ..parallel import launched_rank
+
+        # Under MPI every rank raises the same agreed error; rank 0 reports it.
+        if launched_rank() == 0:
+            print(f"graphchallenge: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR

@@ -83,6 +83,8 @@ def add_arguments(parser):
 
 def main(args):
     cfg = catalog.config(args.neurons, args.layers)
+    if args.epochs < 0 or args.finetune_epochs < 0:
+        raise _common.usage_error("--epochs and --finetune-epochs cannot be negative")
     _common.require_plotting(args)
     options = finetune.FsslOptions(
         lam=args.lam, epochs=args.epochs, finetune_epochs=args.finetune_epochs,

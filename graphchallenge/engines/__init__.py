@@ -11,12 +11,15 @@ the package imports on machines without numba or CuPy.
 """
 
 import importlib
+import logging
 
 from ..errors import EngineUnavailable
 from .base import Engine, InferenceResult, recheck
 
 __all__ = ["Engine", "InferenceResult", "recheck", "ENGINE_NAMES", "AUTO_ORDER", "availability",
            "available_engines", "resolve", "get_engine"]
+
+log = logging.getLogger(__name__)
 
 # name -> (module, class); "auto" tries them in AUTO_ORDER.
 _REGISTRY = {
@@ -81,4 +84,6 @@ def get_engine(name="auto", **options):
         Unknown name, or the engine's library or device is missing.
     """
     name = resolve(name)
+    if not name.startswith("gpu") and options.pop("device", None) is not None:
+        log.warning("--device applies to the GPU engines only; engine %s ignores it", name)
     return _engine_class(name)(**options)
