@@ -325,19 +325,23 @@ def load_csr(path, key=None, mmap=False):
     return matrix
 
 
+def _from_cache(path, kind):
+    """The cached matrix for ``path``, or None when absent or stale."""
+    return load_csr(_cache_path(path, kind), key=dict(_source_key(path), kind=kind))
+
+
 def _cached(path, kind, build, cache):
     """``build()`` the matrix for ``path``, through the binary cache when ``cache``."""
     if not cache:
         return build()
-    key = dict(_source_key(path), kind=kind)
-    cache_file = _cache_path(path, kind)
-    matrix = load_csr(cache_file, key=key)
+    matrix = _from_cache(path, kind)
     if matrix is not None:
         return matrix
     matrix = build()
+    cache_file = _cache_path(path, kind)
     try:
-        save_csr(cache_file, matrix, key=key)
-    except OSError as exc:
+        save_csr(cache_file, matrix, key=dict(_source_key(path), kind=kind))
+    except (OSError, DataError) as exc:
         log.warning("cannot write the cache %s (%s); continuing without it", cache_file, exc)
     return matrix
 
@@ -385,7 +389,11 @@ def read_layer(path, neurons=None, shape=None, cache=True):
             raise DataError(f"{path}: no weights (empty layer file)")
         return _to_csr(rows, cols, values, shape)
 
-    return _cached(path, f"layer{shape[0]}x{shape[1]}", build, cache)
+    return _cached(path, _layer_kind(shape), build, cache)
+
+
+def _layer_kind(shape):
+    return f"layer{shape[0]}x{shape[1]}"
 
 
 def read_layers(paths, shapes, cache=True, threads=None):
@@ -401,11 +409,20 @@ def read_layers(paths, shapes, cache=True, threads=None):
     if threads is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         threads = min(8, cpus or 1)
-    jobs = list(zip(paths, shapes))
-    if threads <= 1 or len(jobs) <= 1:
-        return [read_layer(path, shape=shape, cache=cache) for path, shape in jobs]
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(lambda job: read_layer(job[0], shape=job[1], cache=cache), jobs))
+    shapes = [tuple(int(n) for n in shape) for shape in shapes]
+    # Cached layers load faster one after the other than through a pool.
+    layers = [_from_cache(path, _layer_kind(shape)) if cache and Path(path).is_file() else None
+              for path, shape in zip(paths, shapes)]
+    missing = [k for k, layer in enumerate(layers) if layer is None]
+    if threads <= 1 or len(missing) <= 1:
+        parsed = [read_layer(paths[k], shape=shapes[k], cache=cache) for k in missing]
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            parsed = list(pool.map(lambda k: read_layer(paths[k], shape=shapes[k], cache=cache),
+                                   missing))
+    for k, layer in zip(missing, parsed):
+        layers[k] = layer
+    return layers
 
 
 def read_inputs(path, neurons, n_inputs=None, cache=True):

@@ -242,3 +242,13 @@ def test_gzip_is_recognised_by_content_not_name(tmp_path):
     path = tmp_path / "categories.tsv"
     path.write_bytes(gzip.compress(b"4\n2\n"))
     assert io.read_categories(path).tolist() == [2, 4]
+
+
+def test_unwritable_cache_only_warns(tmp_path, rng, monkeypatch, caplog):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv(io.CACHE_ENV, str(tmp_path / "file" / "cache"))
+    path = tmp_path / "n10-l1.tsv"
+    layer = random_layer(rng, 10, 10)
+    io.write_layer(path, layer)
+    assert (io.read_layer(path, 10) != layer).nnz == 0
+    assert "cannot write the cache" in caplog.text
