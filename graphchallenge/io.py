@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "GRAPHCHALLENGE_CACHE"
 _CACHE_MAGIC = b"GCCSR001"
-_CACHE_VERSION = 3
+_CACHE_VERSION = 4
 
 
 # ---------------------------------------------------------------- text parsing
@@ -229,17 +229,17 @@ def _write_atomic(dest, write):
 def save_csr(dest, matrix, key=None):
     """Write ``matrix`` to the binary cache format at ``dest`` (atomically).
 
-    Stored compactly but losslessly: column indices in 16 bits where the
-    width allows, and a matrix whose nonzeros all hold one value (every
-    challenge layer: 1/16) stores that value once. A challenge layer of
-    1024 neurons takes 70 KB instead of 400 KB, so reading the cache is
-    bound by the file count rather than by bytes.
+    Stored compactly but losslessly: a matrix whose nonzeros all hold one
+    value (every challenge layer: 1/16) stores that value once, so a
+    challenge layer of 1024 neurons takes 135 KB instead of 400 KB. Indices
+    stay in the dtype scipy uses: converting narrower ones on every load
+    cost more than reading them.
     """
     matrix = sp.csr_matrix(matrix)
     # One index dtype for both arrays, as scipy expects of a CSR matrix.
     index = np.int32 if matrix.nnz < 2**31 else np.int64
     arrays = {"indptr": matrix.indptr.astype(index),
-              "indices": matrix.indices.astype(np.uint16 if matrix.shape[1] <= 2**16 else index)}
+              "indices": matrix.indices.astype(index)}
     data = matrix.data.astype(np.float64)
     constant = float(data[0]) if data.size and (data == data[0]).all() else None
     if constant is None:
