@@ -382,3 +382,46 @@ def test_without_numba_the_engine_is_unavailable_with_a_clear_message():
                          cwd=REPO, timeout=120, check=True).stdout
     assert "(False, 'numba is not installed: pip install numba')" in out
     assert "raised: engine 'cpu' cannot run here: numba is not installed" in out
+
+
+@pytest.mark.parametrize("scatter", [True, False], ids=["scattered", "gathered"])
+@pytest.mark.parametrize("positive_bias", [False, True])
+def test_first_layer_scattered_or_gathered_equals_the_reference(engine, rng, monkeypatch,
+                                                                 scatter, positive_bias):
+    calls = []
+
+    def forced(*args):
+        calls.append(scatter)
+        return scatter
+
+    monkeypatch.setattr(cpu, "_scatter_pays", forced)
+    # A wide, sparse first layer into a narrow one, as after compaction, signed weights;
+    # the bias sits at the median of the rows' largest sums, so that half the rows
+    # are categories and a small error in any sum changes some verdicts.
+    first = random_layer(rng, 200, 12, per_column=20)
+    first.data[::7] *= -1
+    inputs = random_inputs(rng, 700, 200, density=0.05)
+    largest = (inputs @ first).toarray().max(axis=1)
+    bias = -float(np.median(largest))
+    if positive_bias:
+        first.data *= -1  # sums mostly negative: a positive bias wakes only the structure
+        bias = 0.05
+    network = Network([first], bias)
+    expected = forward_categories(network.layers, bias, inputs).tolist()
+    assert 50 < len(expected) < 650
+    assert engine.infer(network, inputs).categories.tolist() == expected
+    deeper = Network([first, random_layer(rng, 12, 12, 4), random_layer(rng, 12, 5, 3)], bias)
+    assert engine.infer(deeper, inputs).categories.tolist() == \
+        forward_categories(deeper.layers, bias, inputs).tolist()
+    assert calls and set(calls) == {scatter}
+
+
+def test_the_compacted_real_network_is_scattered_and_the_original_gathered(real_challenge):
+    from graphchallenge import compress
+
+    rows = np.arange(real_challenge.inputs.shape[0])
+    indptr = real_challenge.inputs.indptr
+    original = cpu._layers(real_challenge.network)
+    compact = cpu._layers(compress.compact(real_challenge.network).network)
+    assert not cpu._scatter_pays(next(original), indptr, rows)
+    assert cpu._scatter_pays(next(compact), indptr, rows)

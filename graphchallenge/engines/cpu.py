@@ -292,6 +292,49 @@ def _gather_layer_structural(act, pairs, w_indptr, w_indices, w_values, bias, ou
     _gather_layer(act, pairs, w_indptr, w_indices, w_values, bias, False, out, stats)
 
 
+@_kernel(inline=True)
+def _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices, w_values,
+                    bias, dense, out, stats):
+    """The first layer straight from the sparse input rows, written to tiles ``out``.
+
+    Each input nonzero ``x`` at neuron ``k`` adds ``x * W[k, :]`` (the row of
+    ``W``, CSR) to its lane: work in proportion to the images' pixels, not
+    to the layer's width, and no dense input tile to build. The sums hold
+    the same terms as the gather's, in another order, which the rounding
+    band covers.
+    """
+    n_tiles, n_out, width = out.shape
+    for tile in range(n_tiles):
+        block = out[tile]
+        block[:, :] = 0.0
+        for lane in range(width):
+            row = lane_rows[tile * width + lane]
+            if row >= 0:
+                for q in range(in_indptr[row], in_indptr[row + 1]):
+                    k = in_indices[q]
+                    x = in_values[q]
+                    for p in range(w_indptr[k], w_indptr[k + 1]):
+                        block[w_indices[p], lane] += x * w_values[p]
+        tile_stats = stats[tile]
+        _start_stats(tile_stats)
+        for j in range(n_out):
+            _finish_column(block[j], bias, dense, tile_stats)
+
+
+@_kernel()
+def _scatter_inputs_dense(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices,
+                          w_values, bias, out, stats):
+    _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices, w_values,
+                    bias, True, out, stats)
+
+
+@_kernel()
+def _scatter_inputs_structural(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices,
+                               w_values, bias, out, stats):
+    _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices, w_values,
+                    bias, False, out, stats)
+
+
 @_kernel()
 def _gather_lanes(act, sources, out):
     """Repack tiles: lane ``s`` of ``out`` gets lane ``sources[s]`` of ``act``.
@@ -332,6 +375,8 @@ class _Layer:
         self.gather = (csc.indptr.astype(np.int64), csc.indices.astype(np.int32),
                        np.ascontiguousarray(csc.data))
         self.pairs = _column_pairs(csc)
+        self.scatter = (weights.indptr.astype(np.int64), weights.indices.astype(np.int32),
+                        np.ascontiguousarray(weights.data))
         self.growth, self.max_terms = growth, max_terms
         self.has_negative = bool(csc.nnz and csc.data.min() < 0)
         # Largest sum of a column's positive weights: on inputs in [0, y] no
@@ -453,6 +498,24 @@ def _as_inputs(inputs, n_features):
     return views
 
 
+def _scatter_pays(layer, in_indptr, lane_rows):
+    """Whether the first layer is cheaper scattered from the sparse inputs than gathered.
+
+    Per input row, scattering costs a strided write per input nonzero and
+    outgoing weight; gathering costs building a dense tile column (``n_in``
+    values) plus the vectorised terms. The weights are measured on the real
+    images (about 106 pixels of 1024): the compacted first layer (2 outgoing
+    weights per input) runs 1.7x faster scattered, the original (32) 1.8x
+    slower.
+    """
+    rows = lane_rows[lane_rows >= 0]
+    if rows.size == 0 or layer.n_in == 0:
+        return False
+    pixels = float(np.mean(in_indptr[rows + 1] - in_indptr[rows]))
+    out_degree = layer.scatter[0][-1] / layer.n_in
+    return 25.0 * pixels * out_degree < 10.0 * layer.n_in + layer.scatter[0][-1]
+
+
 def _apply_layer(layer, following, first, mixed, act, lane_rows, errors, saturated, bias, inputs,
                  buffers):
     """One layer on the tiles of a chunk; sorts its rows into kept, saturated, dead and flagged.
@@ -472,11 +535,15 @@ def _apply_layer(layer, following, first, mixed, act, lane_rows, errors, saturat
     stats = np.empty((n_tiles, _N_STATS, TILE))
     out = buffers.take(n_tiles, layer.n_out, avoid=act)
     dense = bias < 0.0
-    if first:
-        act = buffers.take(n_tiles, layer.n_in, avoid=out)
-        _load_inputs(*inputs, lane_rows, act)
-    kernel = _gather_layer_dense if dense else _gather_layer_structural
-    kernel(act, layer.pairs, *layer.gather, bias, out, stats)
+    if first and _scatter_pays(layer, inputs[0], lane_rows):
+        kernel = _scatter_inputs_dense if dense else _scatter_inputs_structural
+        kernel(*inputs, lane_rows, *layer.scatter, bias, out, stats)
+    else:
+        if first:
+            act = buffers.take(n_tiles, layer.n_in, avoid=out)
+            _load_inputs(*inputs, lane_rows, act)
+        kernel = _gather_layer_dense if dense else _gather_layer_structural
+        kernel(act, layer.pairs, *layer.gather, bias, out, stats)
     high, low, middle, small, tiny = stats.transpose(1, 0, 2).reshape(_N_STATS, n_lanes)
     band = layer.bands(errors, bias)
     # Values provably clamped to 0 or 32 are exact; any other carries the error on.
