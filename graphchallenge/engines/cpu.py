@@ -304,17 +304,22 @@ def _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_ind
     band covers.
     """
     n_tiles, n_out, width = out.shape
+    # One row's sums in a small contiguous accumulator (L1), then copied into
+    # the tile's lane: scattering into the tile itself strides by a lane's width.
+    acc = np.empty(n_out)
     for tile in range(n_tiles):
         block = out[tile]
-        block[:, :] = 0.0
         for lane in range(width):
+            acc[:] = 0.0
             row = lane_rows[tile * width + lane]
             if row >= 0:
                 for q in range(in_indptr[row], in_indptr[row + 1]):
                     k = in_indices[q]
                     x = in_values[q]
                     for p in range(w_indptr[k], w_indptr[k + 1]):
-                        block[w_indices[p], lane] += x * w_values[p]
+                        acc[w_indices[p]] += x * w_values[p]
+            for j in range(n_out):
+                block[j, lane] = acc[j]
         tile_stats = stats[tile]
         _start_stats(tile_stats)
         for j in range(n_out):
@@ -645,9 +650,10 @@ class CpuEngine(Engine):
         network (default: the CPUs this process may use).
     chunk_rows : int, optional
         Rows followed through the network together. By default the inputs
-        are cut into at least four chunks per thread (for balance) of at
-        most :data:`CHUNK_BYTES` of activations each; peak memory depends on
-        the chunk and the width, not on the depth.
+        are cut into at least two chunks per thread (for balance; every
+        chunk pays a per-layer overhead, so not more) of at most
+        :data:`CHUNK_BYTES` of activations each; peak memory depends on the
+        chunk and the width, not on the depth.
 
     Notes
     -----
@@ -702,7 +708,7 @@ class CpuEngine(Engine):
         widest = max(max(shape) for shape in network.shapes)
         limit = max(TILE, CHUNK_BYTES // (2 * 8 * widest))
         # A streamed network is read once per chunk: as few chunks as possible.
-        wanted = self.threads if streamed else 4 * self.threads
+        wanted = self.threads if streamed else 2 * self.threads
         n_chunks = max(math.ceil(n_rows / limit), min(wanted, math.ceil(n_rows / _MIN_CHUNK_ROWS)))
         return max(1, math.ceil(n_rows / max(n_chunks, 1)))
 
