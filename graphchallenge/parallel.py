@@ -38,24 +38,25 @@ _LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_L
 _LAUNCHER_RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
 
 
+def _from_environment(names):
+    """The first of the environment variables ``names`` that holds a number, or None."""
+    for name in names:
+        value = os.environ.get(name)
+        if value and value.isdigit():
+            return int(value)
+    return None
+
+
 def launched_rank():
     """This process's rank as the launcher announced it (0 when not under a launcher)."""
     if launched_size() <= 1:
         return 0
-    for name in _LAUNCHER_RANK_VARIABLES:
-        value = os.environ.get(name)
-        if value and value.isdigit():
-            return int(value)
-    return 0
+    return _from_environment(_LAUNCHER_RANK_VARIABLES) or 0
 
 
 def launched_size():
     """Number of processes the launcher started (1 when not under an MPI launcher)."""
-    for name in _LAUNCHER_SIZE_VARIABLES:
-        value = os.environ.get(name)
-        if value and value.isdigit():
-            return int(value)
-    return 1
+    return _from_environment(_LAUNCHER_SIZE_VARIABLES) or 1
 
 
 def mpi_available():
@@ -85,10 +86,9 @@ def world():
 
 def local_rank(comm=None):
     """This process's index among the ranks on its node."""
-    for name in _LOCAL_RANK_VARIABLES:
-        value = os.environ.get(name)
-        if value and value.isdigit():
-            return int(value)
+    rank = _from_environment(_LOCAL_RANK_VARIABLES)
+    if rank is not None:
+        return rank
     if comm is None:
         return 0
     from mpi4py import MPI
