@@ -1,6 +1,6 @@
 """``graphchallenge demo``: the offline main job, from nothing to a validated run."""
 
-from .. import catalog, runner, synthetic
+from .. import catalog, engines, runner, synthetic
 from . import EXIT_FAIL, EXIT_OK, _common
 
 HELP = ("generate (or reuse) a neuron1024 x 120 challenge offline, run it on the fastest "
@@ -26,6 +26,9 @@ def add_arguments(parser):
 
 def main(args):
     cfg = catalog.config(NEURONS, LAYERS)
+    engines.resolve(args.engine)  # an engine that cannot run here fails before generating
+    if args.inputs < 1:
+        raise _common.usage_error("--inputs must be at least 1")
     folder = synthetic.demo_folder(_common.resolve_data_dir(args), cfg, args.inputs, args.seed)
     generated = None
     if not synthetic.is_generated(cfg, folder, args.inputs, args.seed):
