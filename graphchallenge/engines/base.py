@@ -64,11 +64,6 @@ class Engine:
         raise NotImplementedError
 
 
-def categories_from_rows(row_is_live):
-    """1-based indices of the True entries of a boolean per-row array."""
-    return np.flatnonzero(np.asarray(row_is_live)).astype(np.int64) + 1
-
-
 def recheck(network, inputs, categories, flagged):
     """Replace the verdict on ``flagged`` rows by the float64 reference's.
 
