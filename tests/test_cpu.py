@@ -267,7 +267,7 @@ def test_rows_that_all_die_stop_the_work(engine, rng):
     assert result.layer_seconds[1:] == [0.0] * 49
 
 
-def test_rows_the_next_layer_must_kill_are_dropped_a_layer_early(engine, monkeypatch):
+def test_rows_the_next_layer_must_kill_are_dropped_a_layer_early(engine):
     # After layer 1 the rows hold 0.1, 0.2 and 0.1 in neuron 0. Layer 2 lifts
     # neuron 0 by at most 2 (column 0) in the first network: 2 * 0.1 - 0.3 < 0
     # kills rows 1 and 3 there. In the second, column 1 lifts it by 4 and
@@ -276,37 +276,87 @@ def test_rows_the_next_layer_must_kill_are_dropped_a_layer_early(engine, monkeyp
     identity = sp.identity(2, format="csr")
     weak = sp.csr_matrix(np.array([[2.0, 0.0], [0.0, 1.0]]))
     strong = sp.csr_matrix(np.array([[2.0, 4.0], [0.0, 1.0]]))
-    computed = []
-    apply_layer_ = cpu._apply_layer
-    monkeypatch.setattr(cpu, "_apply_layer", lambda layer, following, first, mixed, act,
-                        lane_rows, *args: computed.append(sorted(lane_rows[lane_rows >= 0]))
-                        or apply_layer_(layer, following, first, mixed, act, lane_rows, *args))
-    for second, rows_in_layer_2 in ((weak, [1]), (strong, [0, 1, 2])):
+    for second, rows_in_layer_2 in ((weak, 1), (strong, 3)):
         network = Network([identity, second, identity], -0.3)
         engine.prepare(network)
-        computed.clear()
         result = engine.infer(network, inputs)
         assert result.categories.tolist() == _expected(network, inputs)
-        assert computed[1] == rows_in_layer_2
+        assert result.details["computed_rows"][:2] == [3, rows_in_layer_2]
         assert result.live_rows[0] == 3
 
 
-def test_saturated_rows_skip_layers_that_keep_them_saturated(engine, rng, monkeypatch):
+def test_saturated_rows_skip_layers_that_keep_them_saturated(engine, rng):
     strong = [random_layer(rng, 32, 32, 4, weight=1.0) for _ in range(30)]
     assert all(_layer(w, -0.3).keeps_saturated for w in strong)
     network = Network(strong, -0.3)
     inputs = random_inputs(rng, 200, 32, density=0.4)
     expected = _expected(network, inputs)
     assert len(expected) > 100
-    gathered = []
-    kernel = cpu._gather_layer_dense
-    monkeypatch.setattr(cpu, "_gather_layer_dense", lambda act, *args: gathered.append(act.shape[0])
-                        or kernel(act, *args))
     result = engine.infer(network, inputs)
     assert result.categories.tolist() == expected
     assert result.details["chunks"] == 1
-    # Without the shortcut, layers 2..30 would each gather the saturated rows.
-    assert 0 < len(gathered) < 15
+    # Without the shortcut, layers 2..30 would each compute the saturated rows.
+    computed = result.details["computed_rows"]
+    assert 0 < sum(count > 0 for count in computed) < 15
+    assert sum(computed) < 15 * len(expected)
+
+
+def test_rows_hovering_between_the_thresholds_go_to_the_reference_early(engine):
+    # y -> 2 y - 0.3 keeps 0.3 where it is: that row is neither dead nor
+    # saturated, and its rounding band doubles every layer. Once the band
+    # spans [0, 32] the row goes to the reference instead of being carried
+    # through every remaining layer; the other rows die or saturate.
+    n_layers = 90
+    network = Network([sp.identity(2, format="csr") * 2.0] * n_layers, -0.3)
+    inputs = sp.csr_matrix(np.array([[0.3, 0.3], [1.0, 0.5], [0.1, 0.2], [0.3, 0.0]]))
+    result = engine.infer(network, inputs)
+    assert result.categories.tolist() == _expected(network, inputs)
+    assert result.rechecked_rows == 2
+    computed = result.details["computed_rows"]
+    # The band reaches 32 after about 50 layers (2**50 * 2e-14).
+    assert computed[40] == 2 and computed[70:] == [0] * (n_layers - 70)
+    # Row 2 saturates, row 3 dies, rows 1 and 4 are the reference's to decide.
+    assert result.live_rows[-1] == 3
+
+
+def test_few_rows_share_a_narrow_tile(engine, rng):
+    assert [cpu._width_for(n) for n in (1, 8, 9, 17, 100, 128, 5000)] == \
+        [8, 8, 16, 32, 128, 128, 128]
+    network = Network([random_layer(rng, 60, 60, 4) for _ in range(30)], -0.3)
+    inputs = random_inputs(rng, 5, 60, density=0.3)
+    assert engine.infer(network, inputs).categories.tolist() == _expected(network, inputs)
+
+
+def test_compiled_error_bound_is_the_bounds_module_formula(rng):
+    errors, growth = rng.random(200) * 10.0 ** rng.integers(-16, 2, 200), rng.random(200) * 4
+    terms, bias = rng.integers(1, 100, 200), rng.random(200) - 0.5
+    compiled = np.array([cpu._next_error(*values) for values in zip(errors, growth, terms, bias)])
+    expected = bounds.next_error(errors, growth, terms, bias)
+    np.testing.assert_allclose(compiled, expected, rtol=4 * np.finfo(float).eps, atol=0)
+
+
+def test_a_streamed_network_is_read_no_further_once_every_row_is_settled(tmp_path, rng):
+    # Layer 1 kills every row: the other layers' files are never read.
+    layers = [random_layer(rng, 30, 30, 3, weight=1 / 64)] + \
+        [random_layer(rng, 30, 30, 3) for _ in range(9)]
+    paths = []
+    for k, weights in enumerate(layers):
+        paths.append(tmp_path / f"layer{k}.tsv")
+        io.write_layer(paths[-1], weights)
+
+    class CountingFiles(LayerFiles):
+        read = []
+
+        def __getitem__(self, index):
+            self.read.append(index)
+            return super().__getitem__(index)
+
+    lazy = Network(CountingFiles(paths, [(30, 30)] * 10), -0.3)
+    inputs = random_inputs(rng, 50, 30, density=0.2)
+    result = cpu.CpuEngine(chunk_rows=50).infer(lazy, inputs)
+    assert result.categories.size == 0 and result.live_rows == [0] * 10
+    # The layer after the current one is read ahead (for the dropped-early test).
+    assert sorted(set(CountingFiles.read)) == [0, 1]
 
 
 def test_a_layer_with_a_weak_column_brings_saturated_rows_back(engine, rng):

@@ -6,6 +6,8 @@ import scipy.sparse as sp
 from graphchallenge.engines.reference import ReferenceEngine, apply_layer, forward_categories
 from graphchallenge.network import Network
 
+from conftest import random_inputs, random_layer
+
 
 def test_bias_relu_clamp_and_1_based_categories():
     inputs = sp.csr_matrix(np.array([[1.0, 0, 0], [0, 1, 0], [0, 0, 0]]))
@@ -38,3 +40,15 @@ def test_real_challenge_passes_with_the_published_survival_curve(real_challenge)
     # SPEC.md section 3: live rows per layer on the first 1200 real images.
     assert result.live_rows[:6] == [1098, 786, 415, 196, 98, 56]
     assert result.live_rows[7] == 22 and set(result.live_rows[15:]) == {19}
+
+
+def test_the_reference_stops_once_every_row_is_zero(rng):
+    class Unreadable:
+        """A layer that must not be reached."""
+
+        def __rmatmul__(self, other):
+            raise AssertionError("a layer after every row died was computed")
+
+    dying = random_layer(rng, 20, 20, 2, weight=0.01)
+    inputs = random_inputs(rng, 30, 20)
+    assert forward_categories([dying, Unreadable(), Unreadable()], -0.3, inputs).size == 0

@@ -63,8 +63,14 @@ from .base import Engine, InferenceResult, Timer, recheck
 
 try:
     import numba
+    from llvmlite import ir as llvm_ir
+    from numba.core import cgutils
+    from numba.extending import intrinsic
 except ImportError:
     numba = None
+
+    def intrinsic(function):
+        return function
 
 #: Rows per tile: a tile is ``neurons x TILE`` float64, 1 MiB at N = 1024. Measured
 #: on the real neuron1024 network: 128 beats 64 by ~8%, and 16 or 32 by more.
@@ -78,6 +84,11 @@ _NO_ROWS = np.empty(0, dtype=np.int64)
 
 # Markers in the source lists of _gather_lanes: an empty lane, a lane set to all 32.
 _EMPTY, _SATURATED = -1, -2
+#: The fewest lanes a tile has (a few straggling rows share one narrow tile).
+_MIN_WIDTH = 8
+_UNIT_ROUNDOFF = bounds.unit_roundoff(np.float64)
+# Scatter tables for a segment without the network's first layer.
+_NO_SCATTER = (np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int32), np.empty(0))
 
 
 def _kernel(inline=False):
@@ -344,16 +355,19 @@ def _scatter_inputs_structural(in_indptr, in_indices, in_values, lane_rows, w_in
 def _gather_lanes(act, sources, out):
     """Repack tiles: lane ``s`` of ``out`` gets lane ``sources[s]`` of ``act``.
 
-    A source of ``_EMPTY`` gives a zero lane, ``_SATURATED`` an all-32 lane.
+    Lanes are numbered tile by tile in each array's own width (``act`` and
+    ``out`` may differ). A source of ``_EMPTY`` gives a zero lane,
+    ``_SATURATED`` an all-32 lane.
     """
     n_tiles, n_rows, width = out.shape
+    source_width = act.shape[2]
     source_tiles = np.empty(width, dtype=np.int64)
     source_lanes = np.empty(width, dtype=np.int64)
     for tile in range(n_tiles):
         for lane in range(width):
             source = sources[tile * width + lane]
-            source_tiles[lane] = source // width
-            source_lanes[lane] = source % width
+            source_tiles[lane] = source // source_width
+            source_lanes[lane] = source % source_width
         block = out[tile]
         for k in range(n_rows):
             for lane in range(width):
@@ -362,6 +376,225 @@ def _gather_lanes(act, sources, out):
                     block[k, lane] = act[source_tiles[lane], k, source_lanes[lane]]
                 else:
                     block[k, lane] = YMAX if source == _SATURATED else 0.0
+
+
+@intrinsic
+def _cycles(typingctx):
+    """The processor's cycle counter (``llvm.readcyclecounter``): a clock numba can cache.
+
+    Only ratios of it are used (a chunk's measured seconds shared out among
+    its layers), so its frequency does not matter.
+    """
+    def codegen(context, builder, signature, args):
+        counter = cgutils.get_or_insert_function(
+            builder.module, llvm_ir.FunctionType(llvm_ir.IntType(64), []), "llvm.readcyclecounter")
+        return builder.call(counter, [])
+    return numba.types.int64(), codegen
+
+
+@_kernel(inline=True)
+def _next_error(error, growth, max_terms, bias):
+    """:func:`bounds.next_error` for one row in float64, compiled (same formula, same order)."""
+    n = max_terms + 1.0
+    g = n * _UNIT_ROUNDOFF / (1.0 - n * _UNIT_ROUNDOFF)
+    return growth * error + g * (growth * (YMAX + error) + abs(bias))
+
+
+@_kernel(inline=True)
+def _width_for(n_rows):
+    """Lanes per tile for ``n_rows`` rows: :data:`TILE`, or the power of two >= n_rows (>= 8).
+
+    A few rows that stay alive for many layers then cost a few lanes each,
+    not a whole tile.
+    """
+    width = _MIN_WIDTH
+    while width < n_rows and width < TILE:
+        width *= 2
+    return width
+
+
+@_kernel(inline=True)
+def _tile_view(buffer, n_tiles, n_neurons, width):
+    return buffer[:n_tiles * n_neurons * width].reshape((n_tiles, n_neurons, width))
+
+
+@_kernel()
+def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, pairs, pair_start,
+             n_in, n_out, growth, max_terms, positive_growth, keeps, negative, settled_after,
+             following, bias, scatter_first, s_indptr, s_indices, s_values, in_indptr,
+             in_indices, in_values, negative_inputs, buffer_a, buffer_b, stats_buffer, act_in_b,
+             width, lane_rows, errors, saturated, n_saturated, flagged, n_flagged, live, computed,
+             cycles):
+    """Follow one chunk's tiles through a segment of packed layers, all in compiled code.
+
+    The segment is layers ``first .. first + L - 1`` of the network (``L``
+    entries in each per-layer table; ``g_indptr`` holds each layer's column
+    pointers, already offset into ``g_indices``/``g_values``, from
+    ``g_start[l]``; its column order is ``pairs[pair_start[l]:pair_start[l + 1]]``).
+    ``following`` is ``(has_next, positive_growth, growth, max_terms)`` of the
+    layer after the segment. ``settled_after[l]``: every layer of the network
+    after layer ``l`` keeps saturated rows saturated.
+
+    The state of the chunk goes in and comes out: the tiles (in ``buffer_b``
+    when ``act_in_b``, else ``buffer_a``; ``lane_rows``, their ``width``),
+    the rows' ``errors``, ``saturated[:n_saturated]`` and
+    ``flagged[:n_flagged]``. Per layer it writes the rows not known to be
+    dead (``live``), the rows it computed (``computed``) and the cycles spent
+    (``cycles``). Returns ``(act_in_b, width, lane_rows, errors, n_saturated,
+    n_flagged, done)``; ``done``: no later layer can change any verdict.
+    """
+    has_next, next_positive_growth, next_growth, next_max_terms = following
+    n_layers = n_in.size
+    dense = bias < 0.0
+    for index in range(n_layers):
+        start = _cycles()
+        layer = first + index
+        last = last_segment and index == n_layers - 1
+        # Saturated rows rejoin the tiles before a layer that does not keep them at 32.
+        if n_saturated > 0 and not keeps[index]:
+            n_valid = 0
+            for lane in range(lane_rows.size):
+                n_valid += lane_rows[lane] >= 0
+            total = n_valid + n_saturated
+            new_width = _width_for(total)
+            n_lanes = -(-total // new_width) * new_width
+            sources = np.full(n_lanes, _EMPTY, dtype=np.int64)
+            new_rows = np.full(n_lanes, _EMPTY, dtype=np.int64)
+            new_errors = np.zeros(n_lanes)
+            position = 0
+            for lane in range(lane_rows.size):
+                if lane_rows[lane] >= 0:
+                    sources[position] = lane
+                    new_rows[position] = lane_rows[lane]
+                    new_errors[position] = errors[lane]
+                    position += 1
+            for q in range(n_saturated):
+                sources[position] = _SATURATED
+                new_rows[position] = saturated[q]
+                position += 1
+            source = _tile_view(buffer_b if act_in_b else buffer_a, lane_rows.size // width,
+                                n_in[index], width)
+            target = _tile_view(buffer_a if act_in_b else buffer_b, n_lanes // new_width,
+                                n_in[index], new_width)
+            _gather_lanes(source, sources, target)
+            act_in_b = not act_in_b
+            width, lane_rows, errors, n_saturated = new_width, new_rows, new_errors, 0
+        n_lanes = lane_rows.size
+        n_kept = 0
+        n_doomed = 0
+        n_computed = 0
+        if n_lanes > 0:
+            n_tiles = n_lanes // width
+            out = _tile_view(buffer_a if act_in_b else buffer_b, n_tiles, n_out[index], width)
+            stats = stats_buffer[:n_tiles * _N_STATS * width].reshape((n_tiles, _N_STATS, width))
+            column_pointers = g_indptr[g_start[index]:g_start[index] + n_out[index] + 1]
+            order = pairs[pair_start[index]:pair_start[index + 1]]
+            if layer == 0 and scatter_first:
+                if dense:
+                    _scatter_inputs_dense(in_indptr, in_indices, in_values, lane_rows, s_indptr,
+                                          s_indices, s_values, bias, out, stats)
+                else:
+                    _scatter_inputs_structural(in_indptr, in_indices, in_values, lane_rows,
+                                               s_indptr, s_indices, s_values, bias, out, stats)
+            else:
+                act = _tile_view(buffer_b if act_in_b else buffer_a, n_tiles, n_in[index], width)
+                if layer == 0:
+                    _load_inputs(in_indptr, in_indices, in_values, lane_rows, act)
+                if dense:
+                    _gather_layer_dense(act, order, column_pointers, g_indices, g_values, bias,
+                                        out, stats)
+                else:
+                    _gather_layer_structural(act, order, column_pointers, g_indices, g_values,
+                                             bias, out, stats)
+            act_in_b = not act_in_b
+            # Sort the rows (see the module's docstring; the same tests as bounds.py's).
+            mixed = negative[index] or (layer == 0 and negative_inputs)
+            check_next = has_next or index < n_layers - 1
+            if index < n_layers - 1:
+                after_positive_growth = positive_growth[index + 1]
+                after_growth, after_max_terms = growth[index + 1], max_terms[index + 1]
+            else:
+                after_positive_growth, after_growth, after_max_terms = \
+                    next_positive_growth, next_growth, next_max_terms
+            keep = np.zeros(n_lanes, dtype=np.bool_)
+            for lane in range(n_lanes):
+                row = lane_rows[lane]
+                if row < 0:
+                    continue
+                n_computed += 1
+                lane_stats = stats[lane // width, :, lane % width]
+                high, low = lane_stats[_HIGH], lane_stats[_LOW]
+                error = errors[lane]
+                band = 2.0 * _next_error(error, growth[index], max_terms[index], bias)
+                # Values provably clamped to 0 or 32 are exact; any other carries the error on.
+                if lane_stats[_MIDDLE] < YMAX / 2 + band:
+                    error = _next_error(error, growth[index], max_terms[index], bias)
+                else:
+                    error = 0.0
+                errors[lane] = error
+                alive = high > -band
+                # Where the bias is not negative a value that may be 0 in one
+                # computation and not in the other, or (mixed: some products
+                # negative) a sum that may have cancelled, goes to the reference.
+                near = not dense and (lane_stats[_SMALL] <= band
+                                      or (mixed and lane_stats[_TINY] <= band))
+                if near:
+                    flagged[n_flagged] = row
+                    n_flagged += 1
+                elif low >= YMAX + band:
+                    saturated[n_saturated] = row
+                    n_saturated += 1
+                elif alive:
+                    # Its final verdict in doubt, or a band as wide as [0, 32]: no
+                    # later layer can settle such a row (its values hover
+                    # between the thresholds, as a few real ones do for 50
+                    # layers), so it goes to the reference now, not after the
+                    # last layer.
+                    if (last and not high > band) or band >= YMAX:
+                        flagged[n_flagged] = row
+                        n_flagged += 1
+                        continue
+                    # A row whose largest value y cannot lift any output of the
+                    # next layer above 0 dies there: drop it now.
+                    largest = min(max(high, 0.0), YMAX) + error
+                    if check_next and (after_positive_growth * largest + bias + 2.0 * _next_error(
+                            error, after_growth, after_max_terms, bias) <= 0.0):
+                        n_doomed += 1
+                    else:
+                        keep[lane] = True
+                        n_kept += 1
+            # Repacking costs about a third of a layer: worth it when it frees a quarter of the lanes.
+            new_width = _width_for(n_kept)
+            n_new = -(-n_kept // new_width) * new_width
+            if 4 * (n_lanes - n_new) >= n_lanes:
+                sources = np.full(n_new, _EMPTY, dtype=np.int64)
+                new_rows = np.full(n_new, _EMPTY, dtype=np.int64)
+                new_errors = np.zeros(n_new)
+                position = 0
+                for lane in range(n_lanes):
+                    if keep[lane]:
+                        sources[position] = lane
+                        new_rows[position] = lane_rows[lane]
+                        new_errors[position] = errors[lane]
+                        position += 1
+                if n_new > 0:
+                    target = _tile_view(buffer_a if act_in_b else buffer_b, n_new // new_width,
+                                        n_out[index], new_width)
+                    _gather_lanes(out, sources, target)
+                    act_in_b = not act_in_b
+                width, lane_rows, errors = new_width, new_rows, new_errors
+            else:
+                lane_rows = np.where(keep, lane_rows, _EMPTY)
+        live[index] = n_kept + n_saturated + n_flagged + n_doomed
+        computed[index] = n_computed
+        cycles[index] = _cycles() - start
+        if n_kept == 0 and (n_saturated == 0 or settled_after[index]):
+            # Every row is dead, flagged or saturated for good: nothing later changes.
+            for later in range(index + 1, n_layers):
+                live[later] = n_saturated + n_flagged
+            return (act_in_b, width, np.empty(0, dtype=np.int64), np.empty(0), n_saturated,
+                    n_flagged, True)
+    return act_in_b, width, lane_rows, errors, n_saturated, n_flagged, False
 
 
 class _Layer:
@@ -408,29 +641,21 @@ class _Layer:
         margin = bounds.band(0.0, self.growth, self.max_terms, bias) + YMAX * sum_error
         return smallest > margin and smallest + bias - YMAX >= margin
 
-    def bands(self, errors, bias):
-        return bounds.band(errors, self.growth, self.max_terms, bias)
-
-    def next_errors(self, errors, inside, bias):
-        return np.where(inside, bounds.next_error(errors, self.growth, self.max_terms, bias), 0.0)
-
 
 class _Buffers:
-    """Two flat float64 buffers, reused as tiles of any shape that fits.
+    """A worker's two flat float64 tile buffers and its statistics buffer, reused.
 
-    Reusing them avoids fresh pages (and their faults) for every layer.
+    The tiles of a layer's input and output take turns in the two buffers;
+    reusing them avoids fresh pages (and their faults) for every layer.
     """
 
-    def __init__(self, n_values):
-        self.size = n_values
-        self._buffers = (np.empty(n_values), np.empty(n_values))
+    def __init__(self, n_lanes, widest):
+        self.n_lanes, self.widest = n_lanes, widest
+        self.arrays = (np.empty(n_lanes * widest), np.empty(n_lanes * widest),
+                       np.empty(n_lanes * _N_STATS))
 
-    def take(self, n_tiles, n_neurons, avoid=None):
-        """A C-contiguous ``n_tiles x n_neurons x TILE`` view of the buffer without ``avoid``."""
-        size = n_tiles * n_neurons * TILE
-        first, second = self._buffers
-        buffer = second if avoid is not None and np.may_share_memory(first, avoid) else first
-        return buffer[:size].reshape(n_tiles, n_neurons, TILE)
+    def holds(self, n_lanes, widest):
+        return self.n_lanes >= n_lanes and self.widest >= widest
 
 
 def _column_pairs(csc):
@@ -469,24 +694,6 @@ def _column_pairs(csc):
     return np.stack([order[keep], partners[keep]], axis=1).astype(np.int64)
 
 
-def _tiles(n_rows):
-    return -(-n_rows // TILE)
-
-
-def _pad(values, fill):
-    """``values`` followed by ``fill`` up to a whole number of tiles."""
-    padded = np.full(_tiles(values.size) * TILE, fill, dtype=values.dtype)
-    padded[:values.size] = values
-    return padded
-
-
-def _repack(act, sources, n_neurons, buffers):
-    """New tiles holding lanes ``sources`` of ``act`` (or all-32 lanes, see _gather_lanes)."""
-    target = buffers.take(_tiles(sources.size), n_neurons, avoid=act)
-    _gather_lanes(act, _pad(sources, _EMPTY), target)
-    return target
-
-
 def _as_inputs(inputs, n_features):
     """The inputs as the CSR arrays the first-layer kernel takes (no copy when already so)."""
     if inputs.ndim != 2 or inputs.shape[1] != n_features:
@@ -521,68 +728,87 @@ def _scatter_pays(layer, in_indptr, lane_rows):
     return 25.0 * pixels * out_degree < 10.0 * layer.n_in + layer.scatter[0][-1]
 
 
-def _apply_layer(layer, following, first, mixed, act, lane_rows, errors, saturated, bias, inputs,
-                 buffers):
-    """One layer on the tiles of a chunk; sorts its rows into kept, saturated, dead and flagged.
+class _Packed:
+    """Consecutive layers ``first ..`` of a network as the flat tables :func:`_forward` takes.
 
-    ``following`` is the next layer (None after the last one).
-
-    Returns
-    -------
-    act, lane_rows, errors, saturated, flagged, n_doomed
-        The new tiles, their rows (-1: empty lane) and error bounds, the
-        saturated rows, the rows newly left to the reference, and how many
-        rows, alive now, were dropped because ``following`` provably kills them.
+    ``settled_after[l]`` says whether every later layer of the whole network
+    keeps saturated rows saturated; ``None`` (unknown: a streamed network)
+    counts as no for all but the network's last layer.
     """
-    last = following is None
-    n_lanes = lane_rows.size
-    n_tiles = n_lanes // TILE
-    stats = np.empty((n_tiles, _N_STATS, TILE))
-    out = buffers.take(n_tiles, layer.n_out, avoid=act)
-    dense = bias < 0.0
-    if first and _scatter_pays(layer, inputs[0], lane_rows):
-        kernel = _scatter_inputs_dense if dense else _scatter_inputs_structural
-        kernel(*inputs, lane_rows, *layer.scatter, bias, out, stats)
-    else:
-        if first:
-            act = buffers.take(n_tiles, layer.n_in, avoid=out)
-            _load_inputs(*inputs, lane_rows, act)
-        kernel = _gather_layer_dense if dense else _gather_layer_structural
-        kernel(act, layer.pairs, *layer.gather, bias, out, stats)
-    high, low, middle, small, tiny = stats.transpose(1, 0, 2).reshape(_N_STATS, n_lanes)
-    band = layer.bands(errors, bias)
-    # Values provably clamped to 0 or 32 are exact; any other carries the error on.
-    inside = middle < YMAX / 2 + band
-    alive = high > -band
-    sure = high > band
-    full = low >= YMAX + band
-    # Where the bias is not negative, whether a sum is a structural zero
-    # matters: a value that may be 0 in one computation and not in the
-    # other, or (``mixed``: some products negative) a sum that may have
-    # cancelled, sends its row to the reference.
-    near = np.zeros(n_lanes, dtype=bool) if dense else (small <= band) | (mixed & (tiny <= band))
-    errors = layer.next_errors(errors, inside, bias)
-    valid = lane_rows >= 0
-    doubtful = near | (alive & ~sure) if last else near
-    flagged = lane_rows[valid & doubtful]
-    settled = valid & ~doubtful
-    saturated = np.concatenate([saturated, lane_rows[settled & full]])
-    keep = settled & alive & ~full
-    if not last:
-        # A row whose largest value y cannot lift any output of the next layer
-        # above 0 (positive_growth * y + bias clears 0 by the band, for the
-        # reference too) dies there: drop it now rather than compute it.
-        largest = np.clip(high, 0.0, YMAX) + errors
-        doomed = keep & (following.positive_growth * largest + bias
-                         + following.bands(errors, bias) <= 0.0)
-        keep &= ~doomed
-    n_doomed = 0 if last else int(np.count_nonzero(doomed))
-    # Repacking costs about a third of a layer: worth it when it frees a quarter of the tiles.
-    if 4 * (n_tiles - _tiles(np.count_nonzero(keep))) >= n_tiles:
-        sources = np.flatnonzero(keep)
-        return (_repack(out, sources, layer.n_out, buffers), _pad(lane_rows[sources], _EMPTY),
-                _pad(errors[sources], 0.0), saturated, flagged, n_doomed)
-    return out, np.where(keep, lane_rows, _EMPTY), errors, saturated, flagged, n_doomed
+
+    def __init__(self, layers, first, n_network_layers, settled_after=None):
+        self.first = first
+        self.n_layers = len(layers)
+        self.last = first + self.n_layers == n_network_layers
+        column_pointers, starts, offset, position = [], [], 0, 0
+        for layer in layers:
+            indptr = layer.gather[0]
+            column_pointers.append(indptr + offset)
+            starts.append(position)
+            offset += int(indptr[-1])
+            position += indptr.size
+        self.g_indptr = _concatenate(column_pointers, np.int64)
+        self.g_start = np.array(starts, dtype=np.int64)
+        self.g_indices = _concatenate([layer.gather[1] for layer in layers], np.int32)
+        self.g_values = _concatenate([layer.gather[2] for layer in layers], np.float64)
+        self.pairs = np.concatenate([layer.pairs for layer in layers]).astype(np.int64) \
+            if layers else np.empty((0, 2), dtype=np.int64)
+        self.pair_start = np.cumsum([0] + [len(layer.pairs) for layer in layers]).astype(np.int64)
+        self.n_in = np.array([layer.n_in for layer in layers], dtype=np.int64)
+        self.n_out = np.array([layer.n_out for layer in layers], dtype=np.int64)
+        self.growth = np.array([layer.growth for layer in layers], dtype=np.float64)
+        self.max_terms = np.array([layer.max_terms for layer in layers], dtype=np.int64)
+        self.positive_growth = np.array([layer.positive_growth for layer in layers])
+        self.keeps = np.array([layer.keeps_saturated for layer in layers], dtype=np.bool_)
+        self.negative = np.array([layer.has_negative for layer in layers], dtype=np.bool_)
+        if settled_after is None:
+            settled_after = np.zeros(self.n_layers, dtype=np.bool_)
+            settled_after[-1:] = self.last
+        self.settled_after = np.asarray(settled_after, dtype=np.bool_)
+        # The first layer's rows (CSR), for scattering straight from the inputs.
+        self.first_layer = layers[0] if first == 0 and layers else None
+
+    def tables(self):
+        return (self.g_indptr, self.g_start, self.g_indices, self.g_values, self.pairs,
+                self.pair_start, self.n_in, self.n_out, self.growth, self.max_terms,
+                self.positive_growth, self.keeps, self.negative, self.settled_after)
+
+
+def _concatenate(arrays, dtype):
+    return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.empty(0, dtype)
+
+
+def _settled_after(layers):
+    """Per layer: every later layer keeps saturated rows saturated (True after the last)."""
+    keeps = np.array([layer.keeps_saturated for layer in layers], dtype=np.bool_)
+    later = np.ones(keeps.size, dtype=np.bool_)
+    if keeps.size > 1:
+        later[:-1] = np.logical_and.accumulate(keeps[::-1])[::-1][1:]
+    return later
+
+
+_NO_FOLLOWING = (False, 0.0, 0.0, 0)
+
+
+def _following(layer):
+    return _NO_FOLLOWING if layer is None else (True, layer.positive_growth, layer.growth,
+                                                int(layer.max_terms))
+
+
+def _segments(network, prepared):
+    """``(packed segment, constants of the layer after it)`` pairs, in order.
+
+    A prepared network is one segment; a streamed one a segment per layer,
+    converted as it is read (one layer ahead, for the dropped-early test).
+    """
+    if prepared is not None:
+        yield prepared, _NO_FOLLOWING
+        return
+    layers = _layers(network)
+    following = next(layers, None)
+    for index in range(network.n_layers):
+        layer, following = following, next(layers, None)
+        yield _Packed([layer], index, network.n_layers), _following(following)
 
 
 @dataclass
@@ -591,53 +817,52 @@ class _ChunkOutcome:
 
     survivors: np.ndarray  # 0-based rows alive after the last layer
     flagged: np.ndarray  # 0-based rows left to the reference
-    live_rows: list  # per layer: rows not known to be dead (tiles, saturated, flagged)
-    layer_seconds: list
+    live_rows: np.ndarray  # per layer: rows not known to be dead (tiles, saturated, flagged)
+    computed_rows: np.ndarray  # per layer: rows the layer was computed for
+    layer_seconds: np.ndarray
 
 
-def _run_chunk(rows, layers, bias, inputs, negative_inputs, buffers, n_layers):
-    """Follow input ``rows`` through the ``n_layers`` ``layers``; returns a :class:`_ChunkOutcome`.
+def _run_chunk(rows, segments, bias, inputs, negative_inputs, buffers, n_layers):
+    """Follow input ``rows`` through the network's ``segments``; returns a :class:`_ChunkOutcome`.
 
     ``inputs`` are the CSR arrays of all inputs; ``negative_inputs`` tells
     whether any of them is negative.
     """
-    lane_rows = _pad(rows, _EMPTY)
+    start = time.perf_counter()
+    width = _width_for(rows.size) if rows.size < TILE else TILE
+    lane_rows = np.full(-(-rows.size // width) * width, _EMPTY, dtype=np.int64)
+    lane_rows[:rows.size] = rows
     errors = np.zeros(lane_rows.size)
-    act = None
-    saturated = _NO_ROWS
-    flagged = [_NO_ROWS]
-    live_rows = [0] * n_layers
-    layer_seconds = [0.0] * n_layers
-    layers = iter(layers)
-    following = next(layers, None)
-    for index in range(n_layers):
-        layer, following = following, next(layers, None)
-        start = time.perf_counter()
-        n_doomed = 0
-        if saturated.size and not layer.keeps_saturated:
-            valid = lane_rows >= 0
-            sources = np.concatenate([np.flatnonzero(valid),
-                                      np.full(saturated.size, _SATURATED, dtype=np.int64)])
-            act = _repack(act, sources, layer.n_in, buffers)
-            lane_rows = _pad(np.concatenate([lane_rows[valid], saturated]), _EMPTY)
-            errors = _pad(np.concatenate([errors[valid], np.zeros(saturated.size)]), 0.0)
-            saturated = _NO_ROWS
-        if lane_rows.size:
-            act, lane_rows, errors, saturated, now_flagged, n_doomed = _apply_layer(
-                layer, following, index == 0,
-                layer.has_negative or (index == 0 and negative_inputs), act, lane_rows, errors,
-                saturated, bias, inputs, buffers)
-            flagged.append(now_flagged)
-        n_flagged = sum(part.size for part in flagged)
-        live_rows[index] = (int(np.count_nonzero(lane_rows >= 0)) + saturated.size + n_flagged
-                            + n_doomed)
-        layer_seconds[index] = time.perf_counter() - start
-        if not lane_rows.size and not saturated.size:
-            # Every row died or awaits the recheck: later layers change nothing.
-            live_rows[index + 1:] = [n_flagged] * (n_layers - index - 1)
+    saturated = np.empty(rows.size, dtype=np.int64)
+    flagged = np.empty(rows.size, dtype=np.int64)
+    n_saturated = n_flagged = 0
+    act_in_b = False
+    live = np.zeros(n_layers, dtype=np.int64)
+    computed = np.zeros(n_layers, dtype=np.int64)
+    cycles = np.zeros(n_layers, dtype=np.int64)
+    buffer_a, buffer_b, stats_buffer = buffers.arrays
+    scatter_first = False
+    for packed, following in segments:
+        first = packed.first_layer
+        scatter = _NO_SCATTER
+        if first is not None:
+            scatter = first.scatter
+            scatter_first = _scatter_pays(first, inputs[0], rows)
+        span = slice(packed.first, packed.first + packed.n_layers)
+        act_in_b, width, lane_rows, errors, n_saturated, n_flagged, done = _forward(
+            packed.first, packed.last, *packed.tables(), following, bias, scatter_first,
+            *scatter, *inputs, negative_inputs, buffer_a, buffer_b, stats_buffer, act_in_b,
+            width, lane_rows, errors, saturated, n_saturated, flagged, n_flagged, live[span],
+            computed[span], cycles[span])
+        if done:
+            live[span.stop:] = n_saturated + n_flagged
             break
-    return _ChunkOutcome(np.concatenate([lane_rows[lane_rows >= 0], saturated]),
-                         np.concatenate(flagged), live_rows, layer_seconds)
+    survivors = np.concatenate([lane_rows[lane_rows >= 0], saturated[:n_saturated]])
+    # The chunk's measured time, shared out among its layers by their cycle counts.
+    seconds = time.perf_counter() - start
+    total = cycles.sum()
+    layer_seconds = cycles * (seconds / total) if total > 0 else np.zeros(n_layers)
+    return _ChunkOutcome(survivors, flagged[:n_flagged].copy(), live, computed, layer_seconds)
 
 
 class CpuEngine(Engine):
@@ -676,7 +901,7 @@ class CpuEngine(Engine):
                        else os.cpu_count() or 1)
         self.threads = threads
         self.chunk_rows = chunk_rows
-        self._prepared = None  # (network, [_Layer, ...])
+        self._prepared = None  # (network, _Packed)
         self._compiled = False
         self._buffers = []  # one _Buffers per worker, reused across calls
 
@@ -698,7 +923,7 @@ class CpuEngine(Engine):
                 self._compiled = True
             if isinstance(network.layers, list) and (self._prepared is None
                                                      or self._prepared[0] is not network):
-                self._prepared = (network, list(_layers(network)))
+                self._prepared = (network, _pack(network))
         return timer.seconds
 
     def _chunk_rows(self, network, n_rows, streamed):
@@ -725,11 +950,11 @@ class CpuEngine(Engine):
         with Timer() as total:
             x = _as_inputs(inputs, network.n_features)
             negative_inputs = bool(x[2].size and x[2].min() < 0)
-            # One pair of buffers per worker, handed from chunk to chunk, and kept
+            # One set of buffers per worker, handed from chunk to chunk, and kept
             # for the next call (fresh pages would fault in again every run).
-            size = _tiles(chunk_rows) * widest * TILE
-            if len(self._buffers) < n_workers or self._buffers[0].size < size:
-                self._buffers = [_Buffers(size) for _ in range(n_workers)]
+            n_lanes = -(-chunk_rows // TILE) * TILE
+            if len(self._buffers) < n_workers or not self._buffers[0].holds(n_lanes, widest):
+                self._buffers = [_Buffers(n_lanes, widest) for _ in range(n_workers)]
             idle_buffers = queue.SimpleQueue()
             for buffers in self._buffers[:n_workers]:
                 idle_buffers.put(buffers)
@@ -738,8 +963,8 @@ class CpuEngine(Engine):
                 buffers = idle_buffers.get()
                 try:
                     return _run_chunk(np.arange(start, min(start + chunk_rows, n_rows)),
-                                      prepared if prepared is not None else _layers(network),
-                                      network.bias, x, negative_inputs, buffers, network.n_layers)
+                                      _segments(network, prepared), network.bias, x,
+                                      negative_inputs, buffers, network.n_layers)
                 finally:
                     idle_buffers.put(buffers)
 
@@ -750,21 +975,33 @@ class CpuEngine(Engine):
             flagged = np.concatenate([outcome.flagged for outcome in outcomes] + [_NO_ROWS])
             categories = np.sort(np.concatenate(survivors + [_NO_ROWS])) + 1
             categories = recheck(network, inputs, categories, flagged)
-        live_rows = [int(sum(column)) for column in zip(*(o.live_rows for o in outcomes))]
-        layer_seconds = [float(sum(column)) for column in zip(*(o.layer_seconds for o in outcomes))]
+        live_rows = _column_sums([o.live_rows for o in outcomes], network.n_layers, int)
+        layer_seconds = _column_sums([o.layer_seconds for o in outcomes], network.n_layers, float)
+        computed_rows = _column_sums([o.computed_rows for o in outcomes], network.n_layers, int)
         return InferenceResult(
             categories=categories, infer_seconds=total.seconds, engine=self.name,
-            prepare_seconds=prepare_seconds, live_rows=live_rows or [0] * network.n_layers,
-            layer_seconds=layer_seconds or [0.0] * network.n_layers,
+            prepare_seconds=prepare_seconds, live_rows=live_rows, layer_seconds=layer_seconds,
             rechecked_rows=int(flagged.size),
             details={"threads": n_workers, "chunks": len(starts), "chunk_rows": chunk_rows,
-                     "tile": TILE})
+                     "tile": TILE, "computed_rows": computed_rows})
+
+
+def _column_sums(per_chunk, n_layers, kind):
+    """Per layer, the sum over chunks (zeros without chunks), as a list of ``kind``."""
+    total = np.sum(per_chunk, axis=0) if per_chunk else np.zeros(n_layers)
+    return [kind(value) for value in total]
 
 
 def _layers(network):
     """``network``'s layers as :class:`_Layer`, one at a time."""
     for weights, growth, max_terms in bounds.paired_constants(network):
         yield _Layer(weights, network.bias, growth, max_terms)
+
+
+def _pack(network):
+    """An in-memory network as one :class:`_Packed` segment."""
+    layers = list(_layers(network))
+    return _Packed(layers, 0, network.n_layers, _settled_after(layers))
 
 
 def _warm_up():
@@ -776,5 +1013,5 @@ def _warm_up():
     # Negative bias: rows saturate at once, the 0.5 weight brings them back
     # (every kernel runs); then the kernel for biases >= 0.
     for network in (Network([one * 40.0, one, one * 0.5], -0.25), Network([one, one], 0.25)):
-        _run_chunk(np.arange(2), list(_layers(network)), network.bias, inputs, False,
-                   _Buffers(TILE), network.n_layers)
+        _run_chunk(np.arange(2), _segments(network, _pack(network)), network.bias, inputs,
+                   False, _Buffers(TILE, 1), network.n_layers)

@@ -44,6 +44,9 @@ def forward_categories(layers, bias, inputs):
     """1-based categories of ``inputs`` through ``layers`` (no timing, no bookkeeping)."""
     y = _as_csr(inputs)
     for weights in layers:
+        if y.nnz == 0:
+            # Every row is 0 and stays 0 (a structural zero gets no bias): no category.
+            return np.empty(0, dtype=np.int64)
         y = apply_layer(y, weights, bias)
     return np.flatnonzero(np.diff(y.indptr)).astype(np.int64) + 1
 
