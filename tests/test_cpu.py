@@ -192,7 +192,7 @@ def test_a_derived_network_is_decided_on_its_origin(banded_engine):
 
 
 def _layer(weights, bias):
-    return cpu._Layer(weights, bias, *bounds.layer_constants(weights))
+    return cpu._Layer(weights, bias)
 
 
 def test_bounds_of_a_derived_layer_cover_the_original(rng):
@@ -204,6 +204,9 @@ def test_bounds_of_a_derived_layer_cover_the_original(rng):
     assert growth == pytest.approx(2.0)
     ((_, growth, max_terms),) = bounds.paired_constants(merged.origin)
     assert (growth, max_terms) == (pytest.approx(2.0), 8)
+    # The CPU engine's layer tables carry the widened constants.
+    (layer,) = cpu._layers(merged)
+    assert (layer.growth, layer.max_terms) == (pytest.approx(2.0), 8)
 
 
 # ------------------------------------------------------------ bias signs and weight signs
@@ -320,11 +323,25 @@ def test_rows_hovering_between_the_thresholds_go_to_the_reference_early(engine):
 
 
 def test_few_rows_share_a_narrow_tile(engine, rng):
-    assert [cpu._width_for(n) for n in (1, 8, 9, 17, 100, 128, 5000)] == \
+    assert [cpu._width_for(n, 128) for n in (1, 8, 9, 17, 100, 128, 5000)] == \
         [8, 8, 16, 32, 128, 128, 128]
+    assert [cpu._width_for(n, 32) for n in (1, 20, 100)] == [8, 32, 32]
     network = Network([random_layer(rng, 60, 60, 4) for _ in range(30)], -0.3)
     inputs = random_inputs(rng, 5, 60, density=0.3)
     assert engine.infer(network, inputs).categories.tolist() == _expected(network, inputs)
+
+
+def test_layers_with_one_weight_and_with_many_pack_together(engine, rng):
+    # Uniform layers store one weight (read with stride 0) between layers that store all.
+    layers = [random_layer(rng, 50, 50, 4, weight=0.5 if k % 2 else None) for k in range(8)]
+    tables = [cpu._Layer(weights, -0.2) for weights in layers]
+    assert [table.uniform for table in tables] == [False, True] * 4
+    assert [table.gather[2].size for table in tables[:2]] == [200, 1]
+    network = Network(layers, -0.2)
+    inputs = random_inputs(rng, 400, 50, density=0.2)
+    expected = _expected(network, inputs)
+    assert 0 < len(expected) < 400
+    assert engine.infer(network, inputs).categories.tolist() == expected
 
 
 def test_compiled_error_bound_is_the_bounds_module_formula(rng):

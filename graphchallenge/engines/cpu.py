@@ -72,8 +72,11 @@ except ImportError:
     def intrinsic(function):
         return function
 
-#: Rows per tile: a tile is ``neurons x TILE`` float64, 1 MiB at N = 1024. Measured
-#: on the real neuron1024 network: 128 beats 64 by ~8%, and 16 or 32 by more.
+#: Rows per tile (the default of ``CpuEngine(tile=...)``): a tile is ``neurons x TILE``
+#: float64, 1 MiB at N = 1024. Measured on the real neuron1024 network: 128 beats 64
+#: by ~8%, and 16 or 32 by more; at N = 16384 (16 MiB tiles) 128 still beat 8, 16
+#: and 32 (the gathers of a column's 32 inputs stream from memory either way, and
+#: narrow tiles pay the per-tile column setup more often).
 TILE = 128
 #: Activation memory (two buffers) one worker's chunk may use by default.
 CHUNK_BYTES = 128 * 2**20
@@ -237,7 +240,8 @@ def _accumulate_pair(acc, other_acc, source, rows, weights, other_weights, n_ter
 
 
 @_kernel(inline=True)
-def _gather_layer(act, pairs, w_indptr, w_indices, w_values, bias, dense, out, stats):
+def _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride, bias,
+                  dense, out, stats):
     """A layer applied to tiles ``act`` (``tile x n_in x TILE``), written to tiles ``out``.
 
     Output neuron ``j`` of a tile is ``sum_p w_p * act[tile, k_p, :]`` over
@@ -247,7 +251,9 @@ def _gather_layer(act, pairs, w_indptr, w_indices, w_values, bias, dense, out, s
     inputs follow each other, so those inputs are still in L1. Inputs that
     are zero in every lane of the tile (common in the first, sparse layers)
     are left out of the sums; a term ``w * 0`` adds exactly nothing, so the
-    result is the same to the bit.
+    result is the same to the bit. The weight of term ``p`` (an index into
+    ``w_indices``) is ``w_values[value_base + value_stride * p]``: a stride of
+    0 reads one stored weight for a whole layer whose weights are all equal.
     """
     n_tiles, n_out, width = out.shape
     n_in = act.shape[1]
@@ -279,8 +285,9 @@ def _gather_layer(act, pairs, w_indptr, w_indices, w_values, bias, dense, out, s
             for offset in range(w_indptr[j + 1] - start):
                 k = w_indices[start + offset]
                 kept_rows[n_kept] = k
-                kept_weights[n_kept] = w_values[start + offset]
-                other_weights[n_kept] = w_values[other_start + offset]
+                kept_weights[n_kept] = w_values[value_base + value_stride * (start + offset)]
+                other_weights[n_kept] = w_values[value_base
+                                                 + value_stride * (other_start + offset)]
                 n_kept += nonzero[k]
             if other >= 0:
                 _accumulate_pair(block[j], block[other], source, kept_rows, kept_weights,
@@ -294,13 +301,17 @@ def _gather_layer(act, pairs, w_indptr, w_indices, w_values, bias, dense, out, s
 # The two compiled versions of _gather_layer: with ``dense`` a constant, the
 # choice leaves the innermost loop (measured ~15% faster).
 @_kernel()
-def _gather_layer_dense(act, pairs, w_indptr, w_indices, w_values, bias, out, stats):
-    _gather_layer(act, pairs, w_indptr, w_indices, w_values, bias, True, out, stats)
+def _gather_layer_dense(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride, bias,
+                        out, stats):
+    _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride, bias, True,
+                  out, stats)
 
 
 @_kernel()
-def _gather_layer_structural(act, pairs, w_indptr, w_indices, w_values, bias, out, stats):
-    _gather_layer(act, pairs, w_indptr, w_indices, w_values, bias, False, out, stats)
+def _gather_layer_structural(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride,
+                             bias, out, stats):
+    _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride, bias, False,
+                  out, stats)
 
 
 @_kernel(inline=True)
@@ -401,14 +412,14 @@ def _next_error(error, growth, max_terms, bias):
 
 
 @_kernel(inline=True)
-def _width_for(n_rows):
-    """Lanes per tile for ``n_rows`` rows: :data:`TILE`, or the power of two >= n_rows (>= 8).
+def _width_for(n_rows, tile):
+    """Lanes per tile for ``n_rows`` rows: ``tile``, or the power of two >= n_rows (>= 8).
 
     A few rows that stay alive for many layers then cost a few lanes each,
     not a whole tile.
     """
     width = _MIN_WIDTH
-    while width < n_rows and width < TILE:
+    while width < n_rows and width < tile:
         width *= 2
     return width
 
@@ -419,9 +430,9 @@ def _tile_view(buffer, n_tiles, n_neurons, width):
 
 
 @_kernel()
-def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, pairs, pair_start,
-             n_in, n_out, growth, max_terms, positive_growth, keeps, negative, settled_after,
-             following, bias, scatter_first, s_indptr, s_indices, s_values, in_indptr,
+def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_base,
+             value_stride, pairs, pair_start, n_in, n_out, growth, max_terms, positive_growth, keeps, negative, settled_after,
+             following, bias, tile, scatter_first, s_indptr, s_indices, s_values, in_indptr,
              in_indices, in_values, negative_inputs, buffer_a, buffer_b, stats_buffer, act_in_b,
              width, lane_rows, errors, saturated, n_saturated, flagged, n_flagged, live, computed,
              cycles):
@@ -429,8 +440,9 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, pairs,
 
     The segment is layers ``first .. first + L - 1`` of the network (``L``
     entries in each per-layer table; ``g_indptr`` holds each layer's column
-    pointers, already offset into ``g_indices``/``g_values``, from
-    ``g_start[l]``; its column order is ``pairs[pair_start[l]:pair_start[l + 1]]``).
+    pointers, already offset into ``g_indices``, from ``g_start[l]``; term
+    ``p``'s weight is ``g_values[value_base[l] + value_stride[l] * p]``; the
+    column order is ``pairs[pair_start[l]:pair_start[l + 1]]``).
     ``following`` is ``(has_next, positive_growth, growth, max_terms)`` of the
     layer after the segment. ``settled_after[l]``: every layer of the network
     after layer ``l`` keeps saturated rows saturated.
@@ -456,7 +468,7 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, pairs,
             for lane in range(lane_rows.size):
                 n_valid += lane_rows[lane] >= 0
             total = n_valid + n_saturated
-            new_width = _width_for(total)
+            new_width = _width_for(total, tile)
             n_lanes = -(-total // new_width) * new_width
             sources = np.full(n_lanes, _EMPTY, dtype=np.int64)
             new_rows = np.full(n_lanes, _EMPTY, dtype=np.int64)
@@ -501,11 +513,12 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, pairs,
                 if layer == 0:
                     _load_inputs(in_indptr, in_indices, in_values, lane_rows, act)
                 if dense:
-                    _gather_layer_dense(act, order, column_pointers, g_indices, g_values, bias,
-                                        out, stats)
+                    _gather_layer_dense(act, order, column_pointers, g_indices, g_values,
+                                        value_base[index], value_stride[index], bias, out, stats)
                 else:
                     _gather_layer_structural(act, order, column_pointers, g_indices, g_values,
-                                             bias, out, stats)
+                                             value_base[index], value_stride[index], bias, out,
+                                             stats)
             act_in_b = not act_in_b
             # Sort the rows (see the module's docstring; the same tests as bounds.py's).
             mixed = negative[index] or (layer == 0 and negative_inputs)
@@ -564,7 +577,7 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, pairs,
                         keep[lane] = True
                         n_kept += 1
             # Repacking costs about a third of a layer: worth it when it frees a quarter of the lanes.
-            new_width = _width_for(n_kept)
+            new_width = _width_for(n_kept, tile)
             n_new = -(-n_kept // new_width) * new_width
             if 4 * (n_lanes - n_new) >= n_lanes:
                 sources = np.full(n_new, _EMPTY, dtype=np.int64)
@@ -600,31 +613,38 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, pairs,
 class _Layer:
     """One layer as the kernels want it, with the constants of its exactness checks.
 
-    ``growth`` and ``max_terms`` are the bound constants of
-    :func:`bounds.paired_constants` (for a derived network they also cover
-    the reference's rounding on the original layer).
+    ``original`` is the ``(C, M)`` of the original layer a derived network
+    answers to (None otherwise; see :func:`bounds.original_constants`): the
+    bound constants are the larger of the two. Column indices are 16-bit
+    where the layer has at most 65536 inputs, a layer whose weights are all
+    equal stores one, and only the first layer (``first``) keeps its rows
+    for scattering from the inputs.
     """
 
-    def __init__(self, weights, bias, growth, max_terms):
+    def __init__(self, weights, bias, original=None, first=False):
         weights = sp.csr_matrix(weights, dtype=np.float64)
         self.n_in, self.n_out = weights.shape
         csc = weights.tocsc()
         csc.sort_indices()
-        self.gather = (csc.indptr.astype(np.int64), csc.indices.astype(np.int32),
-                       np.ascontiguousarray(csc.data))
+        self.growth, self.max_terms = bounds.widen(*bounds.layer_constants(csc), original)
+        data = csc.data
+        self.uniform = bool(data.size and data.min() == data.max())
+        index_type = np.uint16 if self.n_in <= 2**16 else np.int32
+        self.gather = (csc.indptr.astype(np.int64), csc.indices.astype(index_type),
+                       np.ascontiguousarray(data[:1] if self.uniform else data))
         self.pairs = _column_pairs(csc)
-        self.scatter = (weights.indptr.astype(np.int64), weights.indices.astype(np.int32),
-                        np.ascontiguousarray(weights.data))
-        self.growth, self.max_terms = growth, max_terms
-        self.has_negative = bool(csc.nnz and csc.data.min() < 0)
+        self.scatter = None
+        if first:
+            self.scatter = (weights.indptr.astype(np.int64), weights.indices.astype(np.int32),
+                            np.ascontiguousarray(weights.data))
+        self.has_negative = bool(data.size and data.min() < 0)
         # Largest sum of a column's positive weights: on inputs in [0, y] no
         # output exceeds positive_growth * y (before the bias).
-        column_of = np.repeat(np.arange(self.n_out), np.diff(csc.indptr))
-        self.positive_growth = float(np.bincount(column_of, weights=np.maximum(csc.data, 0.0),
-                                                 minlength=self.n_out).max(initial=0.0))
-        self.keeps_saturated = self._keeps_saturated(csc, bias)
+        self.positive_growth = float(_column_totals(np.maximum(data, 0.0), csc.indptr)
+                                     .max(initial=0.0))
+        self.keeps_saturated = self._keeps_saturated(_column_totals(data, csc.indptr), bias)
 
-    def _keeps_saturated(self, csc, bias):
+    def _keeps_saturated(self, column_sums, bias):
         """True when an all-32 input row provably gives an all-32 output row.
 
         Output ``j`` is then ``32 * s_j + bias`` with ``s_j`` the column sum;
@@ -632,14 +652,21 @@ class _Layer:
         column sum computed here), and ``32 * s_j`` must be nonzero so that
         the bias applies at all.
         """
-        if self.n_out == 0 or csc.nnz == 0:
+        if self.n_out == 0 or not column_sums.any():
             return False
-        column_sums = np.bincount(np.repeat(np.arange(self.n_out), np.diff(csc.indptr)),
-                                  weights=csc.data, minlength=self.n_out)
         smallest = YMAX * float(column_sums.min())
         sum_error = bounds.gamma(self.max_terms, bounds.unit_roundoff(np.float64)) * self.growth
         margin = bounds.band(0.0, self.growth, self.max_terms, bias) + YMAX * sum_error
         return smallest > margin and smallest + bias - YMAX >= margin
+
+
+def _column_totals(values, indptr):
+    """Per column of a CSC layer, the sum of ``values`` in storage order (0 for an empty one)."""
+    totals = np.zeros(indptr.size - 1)
+    filled = np.flatnonzero(np.diff(indptr))
+    if filled.size:
+        totals[filled] = np.add.reduceat(values, indptr[filled])
+    return totals
 
 
 class _Buffers:
@@ -663,35 +690,42 @@ def _column_pairs(csc):
 
     Columns are sorted by a fingerprint of their inputs, so that columns
     with the same inputs are side by side; neighbours with exactly the same
-    inputs (rows, in the same order) are paired, to be summed together.
+    inputs (rows, in the same order) are paired, to be summed together: in
+    a run of identical neighbours the 1st with the 2nd, the 3rd with the
+    4th, ...
     """
     counts = np.diff(csc.indptr)
     n_out = csc.shape[1]
     firsts = np.full(n_out, -1)
     firsts[counts > 0] = csc.indices[csc.indptr[:-1][counts > 0]]
-    sums = np.bincount(np.repeat(np.arange(n_out), counts), weights=csc.indices, minlength=n_out)
+    sums = _column_totals(csc.indices.astype(np.float64), csc.indptr)
     order = np.lexsort((sums, firsts, counts))
-    # same[i]: columns order[i] and order[i + 1] read exactly the same inputs.
-    left, right = order[:-1], order[1:]
-    same = counts[left] == counts[right]
-    lengths = counts[left] * same
-    ends = np.cumsum(lengths)
-    offsets = np.arange(ends[-1] if ends.size else 0) - np.repeat(ends - lengths, lengths)
-    equal = (csc.indices[np.repeat(csc.indptr[left], lengths) + offsets]
-             == csc.indices[np.repeat(csc.indptr[right], lengths) + offsets])
-    differing = np.bincount(np.repeat(np.arange(left.size), lengths), weights=~equal,
-                            minlength=left.size)
-    same &= differing == 0
-    # In a run of identical neighbours pair the 1st with the 2nd, 3rd with 4th, ...
-    run_start = np.maximum.accumulate(np.where(~same, np.arange(same.size) + 1, 0)) \
-        if same.size else same
-    linked = same & ((np.arange(same.size) - run_start) % 2 == 0)
-    partners = np.full(n_out, -1)
-    partners[np.flatnonzero(linked)] = right[linked]
-    taken = np.zeros(n_out + 1, dtype=bool)
-    taken[np.flatnonzero(linked) + 1] = True
-    keep = ~taken[:n_out]
-    return np.stack([order[keep], partners[keep]], axis=1).astype(np.int64)
+    return _pair_neighbours(csc.indptr.astype(np.int64), csc.indices, order.astype(np.int64))
+
+
+@_kernel()
+def _pair_neighbours(indptr, indices, order):
+    """Pair each column of ``order`` with the next when both read exactly the same inputs."""
+    pairs = np.empty((order.size, 2), dtype=np.int64)
+    n_pairs = 0
+    position = 0
+    while position < order.size:
+        column = order[position]
+        partner = -1
+        if position + 1 < order.size:
+            other = order[position + 1]
+            length = indptr[column + 1] - indptr[column]
+            if indptr[other + 1] - indptr[other] == length:
+                partner = other
+                for offset in range(length):
+                    if indices[indptr[column] + offset] != indices[indptr[other] + offset]:
+                        partner = -1
+                        break
+        pairs[n_pairs, 0] = column
+        pairs[n_pairs, 1] = partner
+        n_pairs += 1
+        position += 1 if partner < 0 else 2
+    return pairs[:n_pairs].copy()
 
 
 def _as_inputs(inputs, n_features):
@@ -740,19 +774,28 @@ class _Packed:
         self.first = first
         self.n_layers = len(layers)
         self.last = first + self.n_layers == n_network_layers
-        column_pointers, starts, offset, position = [], [], 0, 0
+        column_pointers, starts, value_base, value_stride = [], [], [], []
+        n_terms = n_pointers = n_values = 0
         for layer in layers:
-            indptr = layer.gather[0]
-            column_pointers.append(indptr + offset)
-            starts.append(position)
-            offset += int(indptr[-1])
-            position += indptr.size
+            indptr, _, values = layer.gather
+            column_pointers.append(indptr + n_terms)
+            starts.append(n_pointers)
+            # Term p's weight: values[p - n_terms] of this layer, or its one weight.
+            value_base.append(n_values if layer.uniform else n_values - n_terms)
+            value_stride.append(0 if layer.uniform else 1)
+            n_terms += int(indptr[-1])
+            n_pointers += indptr.size
+            n_values += values.size
         self.g_indptr = _concatenate(column_pointers, np.int64)
         self.g_start = np.array(starts, dtype=np.int64)
-        self.g_indices = _concatenate([layer.gather[1] for layer in layers], np.int32)
+        index_type = np.uint16 if all(layer.gather[1].dtype == np.uint16 for layer in layers) \
+            else np.int32
+        self.g_indices = _concatenate([layer.gather[1] for layer in layers], index_type)
         self.g_values = _concatenate([layer.gather[2] for layer in layers], np.float64)
-        self.pairs = np.concatenate([layer.pairs for layer in layers]).astype(np.int64) \
-            if layers else np.empty((0, 2), dtype=np.int64)
+        self.value_base = np.array(value_base, dtype=np.int64)
+        self.value_stride = np.array(value_stride, dtype=np.int64)
+        self.pairs = np.concatenate([layer.pairs for layer in layers]).astype(np.int32) \
+            if layers else np.empty((0, 2), dtype=np.int32)
         self.pair_start = np.cumsum([0] + [len(layer.pairs) for layer in layers]).astype(np.int64)
         self.n_in = np.array([layer.n_in for layer in layers], dtype=np.int64)
         self.n_out = np.array([layer.n_out for layer in layers], dtype=np.int64)
@@ -765,13 +808,14 @@ class _Packed:
             settled_after = np.zeros(self.n_layers, dtype=np.bool_)
             settled_after[-1:] = self.last
         self.settled_after = np.asarray(settled_after, dtype=np.bool_)
-        # The first layer's rows (CSR), for scattering straight from the inputs.
+        # The first layer itself, for scattering straight from the inputs.
         self.first_layer = layers[0] if first == 0 and layers else None
 
     def tables(self):
-        return (self.g_indptr, self.g_start, self.g_indices, self.g_values, self.pairs,
-                self.pair_start, self.n_in, self.n_out, self.growth, self.max_terms,
-                self.positive_growth, self.keeps, self.negative, self.settled_after)
+        return (self.g_indptr, self.g_start, self.g_indices, self.g_values, self.value_base,
+                self.value_stride, self.pairs, self.pair_start, self.n_in, self.n_out,
+                self.growth, self.max_terms, self.positive_growth, self.keeps, self.negative,
+                self.settled_after)
 
 
 def _concatenate(arrays, dtype):
@@ -822,14 +866,14 @@ class _ChunkOutcome:
     layer_seconds: np.ndarray
 
 
-def _run_chunk(rows, segments, bias, inputs, negative_inputs, buffers, n_layers):
+def _run_chunk(rows, segments, bias, inputs, negative_inputs, buffers, n_layers, tile):
     """Follow input ``rows`` through the network's ``segments``; returns a :class:`_ChunkOutcome`.
 
     ``inputs`` are the CSR arrays of all inputs; ``negative_inputs`` tells
     whether any of them is negative.
     """
     start = time.perf_counter()
-    width = _width_for(rows.size) if rows.size < TILE else TILE
+    width = _width_for(rows.size, tile)
     lane_rows = np.full(-(-rows.size // width) * width, _EMPTY, dtype=np.int64)
     lane_rows[:rows.size] = rows
     errors = np.zeros(lane_rows.size)
@@ -850,7 +894,7 @@ def _run_chunk(rows, segments, bias, inputs, negative_inputs, buffers, n_layers)
             scatter_first = _scatter_pays(first, inputs[0], rows)
         span = slice(packed.first, packed.first + packed.n_layers)
         act_in_b, width, lane_rows, errors, n_saturated, n_flagged, done = _forward(
-            packed.first, packed.last, *packed.tables(), following, bias, scatter_first,
+            packed.first, packed.last, *packed.tables(), following, bias, tile, scatter_first,
             *scatter, *inputs, negative_inputs, buffer_a, buffer_b, stats_buffer, act_in_b,
             width, lane_rows, errors, saturated, n_saturated, flagged, n_flagged, live[span],
             computed[span], cycles[span])
@@ -873,6 +917,10 @@ class CpuEngine(Engine):
     threads : int, optional
         Worker threads, each following its own chunks of rows through the
         network (default: the CPUs this process may use).
+    tile : int, optional
+        Lanes (rows) per tile, a power of two >= 8 (default :data:`TILE`);
+        rows left over after the others died or saturated share narrower
+        tiles whatever this is.
     chunk_rows : int, optional
         Rows followed through the network together. By default the inputs
         are cut into at least two chunks per thread (for balance; every
@@ -891,9 +939,12 @@ class CpuEngine(Engine):
     name = "cpu"
     description = "numba float64 tiles, multithreaded, exact by a proven rounding band"
 
-    def __init__(self, threads=None, chunk_rows=None):
+    def __init__(self, threads=None, chunk_rows=None, tile=None):
         if threads is not None and threads < 1:
             raise ValueError("threads must be positive")
+        if tile is not None and (tile < _MIN_WIDTH or tile & (tile - 1)):
+            raise ValueError(f"tile must be a power of two >= {_MIN_WIDTH}")
+        self.tile = tile
         if chunk_rows is not None and chunk_rows < 1:
             raise ValueError("chunk_rows must be positive")
         if threads is None:
@@ -946,13 +997,14 @@ class CpuEngine(Engine):
         chunk_rows = self._chunk_rows(network, n_rows, streamed=prepared is None)
         starts = range(0, n_rows, chunk_rows)
         widest = max(max(shape) for shape in network.shapes)
+        tile = self.tile or TILE
         n_workers = max(1, min(self.threads, len(starts)))
         with Timer() as total:
             x = _as_inputs(inputs, network.n_features)
             negative_inputs = bool(x[2].size and x[2].min() < 0)
             # One set of buffers per worker, handed from chunk to chunk, and kept
             # for the next call (fresh pages would fault in again every run).
-            n_lanes = -(-chunk_rows // TILE) * TILE
+            n_lanes = -(-chunk_rows // tile) * tile
             if len(self._buffers) < n_workers or not self._buffers[0].holds(n_lanes, widest):
                 self._buffers = [_Buffers(n_lanes, widest) for _ in range(n_workers)]
             idle_buffers = queue.SimpleQueue()
@@ -964,7 +1016,7 @@ class CpuEngine(Engine):
                 try:
                     return _run_chunk(np.arange(start, min(start + chunk_rows, n_rows)),
                                       _segments(network, prepared), network.bias, x,
-                                      negative_inputs, buffers, network.n_layers)
+                                      negative_inputs, buffers, network.n_layers, tile)
                 finally:
                     idle_buffers.put(buffers)
 
@@ -983,7 +1035,7 @@ class CpuEngine(Engine):
             prepare_seconds=prepare_seconds, live_rows=live_rows, layer_seconds=layer_seconds,
             rechecked_rows=int(flagged.size),
             details={"threads": n_workers, "chunks": len(starts), "chunk_rows": chunk_rows,
-                     "tile": TILE, "computed_rows": computed_rows})
+                     "tile": tile, "computed_rows": computed_rows})
 
 
 def _column_sums(per_chunk, n_layers, kind):
@@ -994,8 +1046,9 @@ def _column_sums(per_chunk, n_layers, kind):
 
 def _layers(network):
     """``network``'s layers as :class:`_Layer`, one at a time."""
-    for weights, growth, max_terms in bounds.paired_constants(network):
-        yield _Layer(weights, network.bias, growth, max_terms)
+    for index, (weights, original) in enumerate(zip(network.layers,
+                                                    bounds.original_constants(network))):
+        yield _Layer(weights, network.bias, original, first=index == 0)
 
 
 def _pack(network):
@@ -1014,4 +1067,4 @@ def _warm_up():
     # (every kernel runs); then the kernel for biases >= 0.
     for network in (Network([one * 40.0, one, one * 0.5], -0.25), Network([one, one], 0.25)):
         _run_chunk(np.arange(2), _segments(network, _pack(network)), network.bias, inputs,
-                   False, _Buffers(TILE, 1), network.n_layers)
+                   False, _Buffers(TILE, 1), network.n_layers, TILE)
