@@ -76,7 +76,7 @@ import scipy.sparse as sp
 
 from . import _fssl_ops as ops
 from .catalog import YMAX
-from .engines.reference import apply_layer
+from .engines.exactness import apply_layer
 from .errors import GraphChallengeError
 from .network import Network
 

@@ -377,7 +377,7 @@ def _identical_columns(csc):
 
 def _activity(network, inputs):
     """Run the float64 reference once; which neurons are ever > 0, and the categories."""
-    from .engines.reference import apply_layer
+    from .engines.exactness import apply_layer
 
     y = sp.csr_matrix(inputs, dtype=np.float64, copy=True)
     y.eliminate_zeros()

@@ -1,11 +1,11 @@
-"""The rounding-band arithmetic every fast engine relies on."""
+"""The exactness machinery: the rounding-band arithmetic every fast engine relies on."""
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from graphchallenge.catalog import YMAX
-from graphchallenge.engines import bounds
+from graphchallenge.engines import exactness
 from graphchallenge.network import Network
 
 from conftest import random_layer
@@ -13,20 +13,21 @@ from conftest import random_layer
 
 def test_constants_of_a_challenge_like_layer():
     layer = sp.csr_matrix(np.kron(np.ones((2, 2)), np.eye(16)) / 16)  # 2 terms of 1/16 a column
-    assert bounds.layer_constants(layer) == (pytest.approx(2 / 16), 2)
+    assert exactness.layer_constants(layer) == (pytest.approx(2 / 16), 2)
     negative = sp.csr_matrix(np.array([[0.5, 0.0], [-1.5, 0.25]]))
-    assert bounds.layer_constants(negative) == (pytest.approx(2.0), 2)
+    assert exactness.layer_constants(negative) == (pytest.approx(2.0), 2)
 
 
 def test_error_recursion_matches_the_formula():
     u = 2.0 ** -53
     g = 33 * u / (1 - 33 * u)
     expected = 2.0 * 1e-12 + g * (2.0 * (YMAX + 1e-12) + 0.3)
-    assert bounds.next_error(1e-12, 2.0, 32, -0.3) == pytest.approx(expected, rel=1e-15)
-    assert bounds.band(0.0, 2.0, 32, -0.3) == pytest.approx(2 * bounds.next_error(0.0, 2.0, 32, -0.3))
+    assert exactness.next_error(1e-12, 2.0, 32, -0.3) == pytest.approx(expected, rel=1e-15)
+    assert exactness.band(0.0, 2.0, 32, -0.3) == pytest.approx(
+        2 * exactness.next_error(0.0, 2.0, 32, -0.3))
     # float32 rounds 2**29 times coarser
-    assert (bounds.next_error(0.0, 2.0, 32, -0.3, np.float32)
-            / bounds.next_error(0.0, 2.0, 32, -0.3)) == pytest.approx(2.0 ** 29, rel=1e-5)
+    assert (exactness.next_error(0.0, 2.0, 32, -0.3, np.float32)
+            / exactness.next_error(0.0, 2.0, 32, -0.3)) == pytest.approx(2.0 ** 29, rel=1e-5)
 
 
 def test_the_band_covers_a_real_reassociation():
@@ -38,18 +39,18 @@ def test_the_band_covers_a_real_reassociation():
         forward += t
     for t in terms[::-1]:
         backward += t
-    assert abs(forward - backward) <= bounds.band(0.0, 2.0, 32, 0.0)
+    assert abs(forward - backward) <= exactness.band(0.0, 2.0, 32, 0.0)
 
 
 def test_derived_networks_take_the_larger_constants(rng):
     original = Network([random_layer(rng, 12, 12, per_column=8) for _ in range(2)], -0.3)
     small = Network([random_layer(rng, 12, 12, per_column=2, column_sum=1.0) for _ in range(2)],
                     -0.3, origin=original)
-    assert bounds.original_constants(original) == [None, None]
-    assert [c[1] for c in bounds.original_constants(small)] == [8, 8]
-    for _, growth, max_terms in bounds.paired_constants(small):
+    assert exactness.original_constants(original) == [None, None]
+    assert [c[1] for c in exactness.original_constants(small)] == [8, 8]
+    for _, growth, max_terms in exactness.paired_constants(small):
         assert max_terms == 8 and growth == pytest.approx(2.0)
     other_depth = Network(small.layers[:1], -0.3, origin=original)
-    assert bounds.original_constants(other_depth) == [None]
-    assert bounds.widen(1.0, 2, None) == (1.0, 2)
-    assert bounds.widen(1.0, 2, (0.5, 9)) == (1.0, 9)
+    assert exactness.original_constants(other_depth) == [None]
+    assert exactness.widen(1.0, 2, None) == (1.0, 2)
+    assert exactness.widen(1.0, 2, (0.5, 9)) == (1.0, 9)
