@@ -13,8 +13,8 @@ of the real inputs, and reports on inputs it never saw:
   its exact compaction, the fine-tuned network and an unstructured
   magnitude pruning of the original to the same edges per layer.
 
-The fine-tuned network is written in the compact-network format
-(``kind: "fssl"``, see :mod:`graphchallenge.compress`), runnable with
+The fine-tuned network is written in the derived-network format
+(``kind: "fssl"``, see :mod:`graphchallenge.derived`), runnable with
 ``graphchallenge run --network DIR``.
 
 >>> from graphchallenge import catalog, finetune
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from . import compress, engines, network as network_mod, synthetic
+from . import compress, derived, engines, network as network_mod, synthetic
 from ._fssl_ops import Backend
 from ._fssl import (FINETUNE_INPUTS, GROUPINGS, EpochRecord, FsslOptions, FsslResult,
                     NothingLeft, prune_network, train_fssl)
@@ -392,8 +392,8 @@ class FsslExperiment:
         if network_dir is None:
             compaction = compress.compact(self.original, progress=self.progress)
             return compaction.network, compaction.groups
-        start = compress.load_compact(network_dir, original=self.original)
-        manifest = compress.read_manifest(network_dir)
+        start = derived.load(network_dir, original=self.original)
+        manifest = derived.read_manifest(network_dir)
         if start.origin is None:
             raise DataError(f"{network_dir} holds a {manifest['kind']!r} network, not an exact "
                             "compaction; fine-tuning starts from the original network or from "
@@ -463,9 +463,8 @@ class FsslExperiment:
             history=[asdict(entry) for entry in result.history])
         groups = [[self.groups[k][j] for j in kept] for k, kept in enumerate(result.kept)]
         summary = {key: value for key, value in report.to_dict().items() if key != "history"}
-        compress.save_compact(student, out_dir, source_cfg=self.cfg, source_files=self.files,
-                              kind="fssl", groups=groups, extra={"fssl": summary},
-                              source_network=self.original)
+        derived.save(student, out_dir, source_cfg=self.cfg, source_files=self.files, kind="fssl",
+                     groups=groups, extra={"fssl": summary}, source_network=self.original)
         return report
 
     def sweep(self, lambdas, options, out_dir, target=0.99):
