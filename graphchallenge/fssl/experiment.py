@@ -1,10 +1,11 @@
-"""Fine-tuning a challenge network with FSSL, measured end to end.
+"""The FSSL experiment: fine-tuning a challenge network, measured end to end.
 
 This is the library behind ``graphchallenge finetune``. It loads a
 challenge, starts from its exact compaction (or a saved one), trains with
-:func:`train_fssl` (group lasso, pruning, fine-tuning; the method and its
-choices are described in :mod:`graphchallenge._fssl`) on a training split
-of the real inputs, and reports on inputs it never saw:
+:func:`~graphchallenge.fssl.training.train_fssl` (group lasso, pruning,
+fine-tuning; the method and its choices are described in
+:mod:`graphchallenge.fssl.training`) on a training split of the real
+inputs, and reports on inputs it never saw:
 
 * precision, recall and F1 of the categories against the original
   network's, on the held-out real inputs and on generated MNIST-like ones;
@@ -17,9 +18,9 @@ The fine-tuned network is written in the derived-network format
 (``kind: "fssl"``, see :mod:`graphchallenge.derived`), runnable with
 ``graphchallenge run --network DIR``.
 
->>> from graphchallenge import catalog, finetune
->>> experiment = finetune.FsslExperiment(catalog.config(1024, 120), "data")   # doctest: +SKIP
->>> report = experiment.run(finetune.FsslOptions(lam=0.003), "fssl-out")      # doctest: +SKIP
+>>> from graphchallenge import catalog, fssl
+>>> experiment = fssl.FsslExperiment(catalog.config(1024, 120), "data")       # doctest: +SKIP
+>>> report = experiment.run(fssl.FsslOptions(lam=0.003), "fssl-out")          # doctest: +SKIP
 >>> report.compression_rate, report.f1, report.speedup_vs_unstructured        # doctest: +SKIP
 """
 
@@ -30,18 +31,16 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from . import compress, derived, engines, network as network_mod, synthetic
-from ._fssl_ops import Backend
-from ._fssl import (FINETUNE_INPUTS, GROUPINGS, EpochRecord, FsslOptions, FsslResult,
-                    NothingLeft, prune_network, train_fssl)
-from .errors import DataError, GraphChallengeError
-from .network import Network
-from .validate import validate
+from .. import compress, derived, engines, network as network_mod, synthetic
+from ..errors import DataError, GraphChallengeError
+from ..network import Network
+from ..validate import validate
+from .ops import Backend
+from .training import FsslOptions, NothingLeft, train_fssl
 
-__all__ = ["FsslOptions", "FsslResult", "EpochRecord", "FsslExperiment", "FinetuneReport",
-           "SweepReport", "GROUPINGS", "FINETUNE_INPUTS", "NothingLeft", "train_fssl", "prune_network",
-           "finetune_challenge", "magnitude_prune", "meets_target", "plot_finetune", "plot_sweep",
-           "reachable_neurons", "stratified_split", "time_networks"]
+__all__ = ["FsslExperiment", "FinetuneReport", "SweepReport", "finetune_challenge",
+           "magnitude_prune", "meets_target", "plot_finetune", "plot_sweep", "reachable_neurons",
+           "stratified_split", "time_networks"]
 
 #: Seed of the generated held-out inputs; training never draws from it.
 GENERATED_SEED = 1_000_003
@@ -526,7 +525,7 @@ def plot_finetune(report, path):
     path : path-like
         Image file (PNG, SVG or PDF, by suffix).
     """
-    from .plot import pyplot, save_figure
+    from ..plot import pyplot, save_figure
 
     plt = pyplot()
     figure, axes = plt.subplots(2, 2, figsize=(12, 8))
@@ -565,7 +564,7 @@ def plot_finetune(report, path):
 
 def plot_sweep(sweep, path):
     """Draw the compression-versus-F1 curve of a lambda sweep (held-out real and generated)."""
-    from .plot import pyplot, save_figure
+    from ..plot import pyplot, save_figure
 
     if not sweep.points:
         raise GraphChallengeError("no lambda of the sweep left a network to draw")
