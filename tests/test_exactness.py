@@ -8,7 +8,7 @@ from graphchallenge.catalog import YMAX
 from graphchallenge.engines import exactness
 from graphchallenge.network import Network
 
-from conftest import random_layer
+from conftest import random_inputs, random_layer
 
 
 def test_constants_of_a_challenge_like_layer():
@@ -54,3 +54,19 @@ def test_derived_networks_take_the_larger_constants(rng):
     assert exactness.original_constants(other_depth) == [None]
     assert exactness.widen(1.0, 2, None) == (1.0, 2)
     assert exactness.widen(1.0, 2, (0.5, 9)) == (1.0, 9)
+
+
+def test_recheck_decides_the_flagged_rows_with_the_reference_on_the_original(rng):
+    original = Network([random_layer(rng, 12, 12, per_column=4) for _ in range(3)], -0.3)
+    inputs = random_inputs(rng, 40, 12, density=0.3)
+    truth = exactness.forward_categories(original.layers, -0.3, inputs)
+    assert 3 < truth.size < 37
+    # A derived network whose own layers would give no category at all.
+    derived = Network([layer * 0.0 for layer in original.layers], -0.3, origin=original)
+    wrong = np.setxor1d(truth, [1, 2, 3])  # a fast engine wrong about rows 0, 1 and 2
+    fixed = exactness.recheck(derived, inputs, wrong, [2, 0, 1, 2])
+    assert fixed.tolist() == truth.tolist() and fixed.dtype == np.int64
+    # Rows not flagged keep the fast engine's verdict.
+    only_first = exactness.recheck(derived, inputs, wrong, [0])
+    assert only_first.tolist() == np.setxor1d(truth, [2, 3]).tolist()
+    assert exactness.recheck(derived, inputs, wrong, []).tolist() == wrong.tolist()
