@@ -238,8 +238,6 @@ def save(network, out_dir, source_cfg=None, source_files=None, kind=None, groups
     return out_dir
 
 
-
-
 def _json_text(value, depth=0):
     """JSON with one key per line, but lists of numbers and flat records on one line each."""
     inner = " " * (depth + 1)

@@ -20,7 +20,6 @@ command table) are not statements and do not count.
 
 import ast
 import re
-from pathlib import Path
 
 import pytest
 
