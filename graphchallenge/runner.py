@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from . import engines, network as network_mod
+from . import derived, engines, network as network_mod
 from .validate import validate
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def infer_and_validate(challenge, engine="auto", tile=1, progress=False, engine_
 
 
 def load(cfg, data_dir=None, n_inputs=None, network_dir=None):
-    """Load challenge ``cfg`` and, with ``network_dir``, swap in that compact network.
+    """Load challenge ``cfg`` and, with ``network_dir``, swap in that derived network.
 
     Returns ``(challenge, challenge_edges)``: the edge count of the original
     network, which the challenge rate is always quoted against.
@@ -131,9 +131,7 @@ def load(cfg, data_dir=None, n_inputs=None, network_dir=None):
     challenge = network_mod.load_challenge(cfg, data_dir, n_inputs=n_inputs)
     challenge_edges = challenge.network.edges
     if network_dir is not None:
-        from .compress import load_compact
-
-        challenge.network = load_compact(network_dir, original=challenge.network)
+        challenge.network = derived.load(network_dir, original=challenge.network)
         challenge.files["compact_network"] = str(network_dir)
     return challenge, challenge_edges
 
@@ -154,7 +152,7 @@ def run(cfg, data_dir=None, engine="auto", n_inputs=None, tile=1, network_dir=No
     tile : int
         Repeat the inputs ``tile`` times (to reach 60,000 from a subset).
     network_dir : path-like, optional
-        Run a compact network (see :mod:`graphchallenge.compress`) instead of
+        Run a derived network (see :mod:`graphchallenge.derived`) instead of
         the original; validation is still against the original truth.
 
     Returns

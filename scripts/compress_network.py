@@ -4,7 +4,8 @@
 Both networks run on the same engine, inputs and machine, alternately,
 ``--repeat`` times each; the table shows the best inference time of each
 and the rate counted both ways. A thin wrapper over
-:func:`graphchallenge.compress.compress_challenge` and
+:func:`graphchallenge.compress.compress_challenge`,
+:func:`graphchallenge.derived.load` and
 :func:`graphchallenge.runner.infer_and_validate`. Example::
 
     python scripts/compress_network.py --neurons 1024 --layers 120 --data-dir data \\
@@ -15,7 +16,7 @@ import argparse
 import dataclasses
 import sys
 
-from graphchallenge import catalog, compress, network, runner
+from graphchallenge import catalog, compress, derived, network, runner
 from graphchallenge.errors import GraphChallengeError
 
 
@@ -24,7 +25,7 @@ def compare(cfg, data_dir, out_dir, engine, tile, repeat):
     compaction = compress.compress_challenge(cfg, data_dir, out_dir)
     original = network.load_challenge(cfg, data_dir)
     compact = dataclasses.replace(
-        original, network=compress.load_compact(out_dir, original=original.network))
+        original, network=derived.load(out_dir, original=original.network))
     best = {}
     for _ in range(repeat):
         for label, challenge in (("original", original), ("compact", compact)):

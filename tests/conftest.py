@@ -102,6 +102,32 @@ def random_inputs(rng, n_inputs, n_features, density=0.2):
     return sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n_inputs, n_features))
 
 
+def dense(matrix):
+    return np.asarray(matrix.toarray())
+
+
+def radix_like(rng, width, copies, n_layers, block, values=(1.0,), permute=True):
+    """A RadiX-Net-shaped network with ``copies * width`` neurons (SPEC.md section 3).
+
+    Layer k is ``kron(ones(copies, copies), I + S**s)`` with ``s = 2**((k-1) mod block)``
+    and ``S`` the cyclic shift over ``width``; each block of ``block`` layers after
+    the first permutes the rows. Weights are drawn per base entry from ``values``
+    (divided by ``copies``), so the ``copies`` outputs sharing a base column have
+    identical columns: exactly ``width`` distinct neurons per layer.
+    """
+    neurons = copies * width
+    layers, permutation = [], np.arange(neurons)
+    for k in range(n_layers):
+        if k and k % block == 0 and permute:
+            permutation = rng.permutation(neurons)
+        shift = 2 ** (k % block)
+        base = np.eye(width, k=0) + np.roll(np.eye(width), shift, axis=1)
+        base = base * rng.choice(values, size=base.shape) / copies
+        full = np.kron(np.ones((copies, copies)), base)
+        layers.append(sp.csr_matrix(full[permutation]))
+    return layers
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

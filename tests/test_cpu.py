@@ -16,7 +16,7 @@ import pytest
 import scipy.sparse as sp
 
 from graphchallenge import engines, io
-from graphchallenge.engines import bounds, cpu
+from graphchallenge.engines import cpu, exactness as bounds
 from graphchallenge.engines.reference import apply_layer, forward_categories
 from graphchallenge.errors import DataError
 from graphchallenge.network import LayerFiles, Network

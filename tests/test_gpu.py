@@ -23,7 +23,7 @@ import scipy.sparse as sp
 
 from graphchallenge import engines
 from graphchallenge.engines import _gpu_kernels as kernels
-from graphchallenge.engines import bounds, gpu
+from graphchallenge.engines import exactness as bounds, gpu
 from graphchallenge.engines.reference import ReferenceEngine, forward_categories
 from graphchallenge.errors import DataError, EngineUnavailable
 from graphchallenge.network import Network

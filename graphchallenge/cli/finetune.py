@@ -2,7 +2,7 @@
 
 import argparse
 
-from .. import catalog, finetune
+from .. import catalog, fssl
 from . import EXIT_FAIL, EXIT_OK, _common
 
 HELP = ("shrink a challenge network by group lasso over neurons, pruning and fine-tuning (FSSL); "
@@ -24,7 +24,7 @@ def _lambdas(text):
 def add_arguments(parser):
     _common.add_config(parser)
     _common.add_data_dir(parser)
-    defaults = finetune.FsslOptions()
+    defaults = fssl.FsslOptions()
     parser.add_argument("--network", default=None, metavar="DIR",
                         help="start from this exact compaction (`graphchallenge compress` output) "
                              "instead of compacting the original here")
@@ -44,14 +44,14 @@ def add_arguments(parser):
     parser.add_argument("--margin", type=float, default=defaults.margin, metavar="M",
                         help=f"distance asked beyond the 0 and 32 thresholds (default "
                              f"{defaults.margin})")
-    parser.add_argument("--groups", choices=finetune.GROUPINGS, default=defaults.groups,
+    parser.add_argument("--groups", choices=fssl.GROUPINGS, default=defaults.groups,
                         help="penalise each neuron's outgoing row (default) or incoming column")
     parser.add_argument("--no-reweight", dest="reweight", action="store_false",
                         help="plain group lasso (no per-epoch reweighting of the penalties)")
     parser.add_argument("--no-debias", dest="debias", action="store_false",
                         help="fine-tune from the shrunk group-lasso weights instead of the start "
                              "network's weights on the kept pattern")
-    parser.add_argument("--finetune-inputs", choices=finetune.FINETUNE_INPUTS,
+    parser.add_argument("--finetune-inputs", choices=fssl.FINETUNE_INPUTS,
                         default=defaults.finetune_inputs,
                         help="fine-tune each layer on the student's own inputs (default) or the "
                              "teacher's")
@@ -86,21 +86,21 @@ def main(args):
     if args.epochs < 0 or args.finetune_epochs < 0:
         raise _common.usage_error("--epochs and --finetune-epochs cannot be negative")
     _common.require_plotting(args)
-    options = finetune.FsslOptions(
+    options = fssl.FsslOptions(
         lam=args.lam, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
         inner_steps=args.inner_steps, margin=args.margin, reweight=args.reweight,
         groups=args.groups, finetune_inputs=args.finetune_inputs, seed=args.seed,
         device=args.device, debias=args.debias)
-    report = finetune.finetune_challenge(
+    report = fssl.finetune_challenge(
         cfg, args.out, data_dir=_common.resolve_data_dir(args), network_dir=args.network,
         options=options, lambdas=args.sweep, train_fraction=args.train_fraction,
         split_seed=args.seed, generated_inputs=args.generated_inputs,
         train_generated=args.train_generated, engine=args.engine, timing_tile=args.timing_tile,
         repeats=args.repeats, progress=_common.progress(args))
     if args.plot:
-        draw = finetune.plot_sweep if args.sweep else finetune.plot_finetune
+        draw = fssl.plot_sweep if args.sweep else fssl.plot_finetune
         draw(report, args.plot)
     _common.emit(args, report.to_dict(), report.text())
     if args.sweep:
         return EXIT_OK if report.best is not None else EXIT_FAIL
-    return EXIT_OK if finetune.meets_target(report) else EXIT_FAIL
+    return EXIT_OK if fssl.meets_target(report) else EXIT_FAIL

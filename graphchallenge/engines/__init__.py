@@ -14,7 +14,8 @@ import importlib
 import logging
 
 from ..errors import EngineUnavailable
-from .base import Engine, InferenceResult, recheck
+from .base import Engine, InferenceResult
+from .exactness import recheck
 
 __all__ = ["Engine", "InferenceResult", "recheck", "ENGINE_NAMES", "AUTO_ORDER", "availability",
            "available_engines", "resolve", "get_engine"]

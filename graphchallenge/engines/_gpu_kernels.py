@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..catalog import YMAX
-from . import bounds
+from . import exactness as bounds
 
 #: Threads per block of every kernel (a multiple of the warp size).
 THREADS = 256

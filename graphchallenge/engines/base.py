@@ -1,11 +1,13 @@
-"""What every engine shares: the result type, the interface and the exactness recheck.
+"""What every engine shares: the interface, the result type and the timer.
 
 An engine turns ``(network, inputs)`` into the 1-based categories the
 float64 reference would give. Engines that compute in another order (or
-another precision) prove agreement with :mod:`graphchallenge.engines.bounds`:
-they flag every row whose values came within a rounding band of the 0 and
-32 thresholds, and :func:`recheck` recomputes exactly those rows with the
-reference.
+another precision) prove agreement with
+:mod:`graphchallenge.engines.exactness`: they flag every row whose values
+came within a rounding band of the 0 and 32 thresholds, and
+:func:`~graphchallenge.engines.exactness.recheck` recomputes exactly those
+rows with the reference. This module imports no engine and nothing of the
+exactness machinery.
 """
 
 import time
@@ -62,35 +64,6 @@ class Engine:
     def infer(self, network, inputs, progress=False):
         """Run ``inputs`` (``n_inputs x N`` scipy CSR) through ``network``."""
         raise NotImplementedError
-
-
-def recheck(network, inputs, categories, flagged):
-    """Replace the verdict on ``flagged`` rows by the float64 reference's.
-
-    Parameters
-    ----------
-    network : Network
-        The reference runs on ``network.exact_reference``.
-    inputs : scipy.sparse.csr_matrix
-    categories : ndarray of int64
-        1-based categories from a fast engine.
-    flagged : ndarray of int64
-        0-based rows whose verdict the fast engine could not prove.
-
-    Returns
-    -------
-    ndarray of int64
-        The categories with the flagged rows decided by the reference.
-    """
-    from .reference import forward_categories
-
-    flagged = np.unique(np.asarray(flagged, dtype=np.int64))
-    if flagged.size == 0:
-        return np.asarray(categories, dtype=np.int64)
-    exact = network.exact_reference
-    sub = forward_categories(exact.layers, exact.bias, inputs[flagged])
-    keep = np.setdiff1d(np.asarray(categories, dtype=np.int64), flagged + 1)
-    return np.union1d(keep, flagged[sub - 1] + 1).astype(np.int64)
 
 
 class Timer:

@@ -15,7 +15,7 @@ ever waits for another between layers.
 
 Exactness. Sums run in float64 but in another order than scipy's, so
 each row carries a bound ``e`` on how far its values are from exact
-arithmetic (:mod:`graphchallenge.engines.bounds`); the reference's own
+arithmetic (:mod:`graphchallenge.engines.exactness`); the reference's own
 values obey the same bound, so the two can differ only for a value within
 ``band`` of a threshold. With a negative bias (every challenge network) the
 reference's layer is exactly ``min(32, max(0, Y W + bias))`` (the bias on a
@@ -24,7 +24,7 @@ value near 0 or 32 needs no special care, its error simply carries on to
 the next layer, and a row whose values are all provably clamped is exact
 again (``e = 0``). Only a row's final verdict can be in doubt (no value
 provably above 0, some not provably 0): such rows, few or none, are
-recomputed by the reference (:func:`~graphchallenge.engines.base.recheck`).
+recomputed by the reference (:func:`~graphchallenge.engines.exactness.recheck`).
 With a bias >= 0 a structural zero is not continuous with a small value,
 so rows with a value within the band of 0 (or, where weights or inputs are
 negative, a sum within the band of 0) go to the reference at once.
@@ -58,8 +58,9 @@ import scipy.sparse as sp
 
 from ..catalog import YMAX
 from ..errors import DataError
-from . import bounds
-from .base import Engine, InferenceResult, Timer, recheck
+from . import exactness
+from .base import Engine, InferenceResult, Timer
+from .exactness import recheck
 
 try:
     import numba
@@ -89,7 +90,7 @@ _NO_ROWS = np.empty(0, dtype=np.int64)
 _EMPTY, _SATURATED = -1, -2
 #: The fewest lanes a tile has (a few straggling rows share one narrow tile).
 _MIN_WIDTH = 8
-_UNIT_ROUNDOFF = bounds.unit_roundoff(np.float64)
+_UNIT_ROUNDOFF = exactness.unit_roundoff(np.float64)
 # Scatter tables for a segment without the network's first layer.
 _NO_SCATTER = (np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int32), np.empty(0))
 
@@ -405,7 +406,7 @@ def _cycles(typingctx):
 
 @_kernel(inline=True)
 def _next_error(error, growth, max_terms, bias):
-    """:func:`bounds.next_error` for one row in float64, compiled (same formula, same order)."""
+    """:func:`exactness.next_error` for one row in float64, compiled (same formula, same order)."""
     n = max_terms + 1.0
     g = n * _UNIT_ROUNDOFF / (1.0 - n * _UNIT_ROUNDOFF)
     return growth * error + g * (growth * (YMAX + error) + abs(bias))
@@ -520,7 +521,7 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
                                              value_base[index], value_stride[index], bias, out,
                                              stats)
             act_in_b = not act_in_b
-            # Sort the rows (see the module's docstring; the same tests as bounds.py's).
+            # Sort the rows (see the module's docstring; the same tests as exactness.py's).
             mixed = negative[index] or (layer == 0 and negative_inputs)
             check_next = has_next or index < n_layers - 1
             if index < n_layers - 1:
@@ -614,7 +615,7 @@ class _Layer:
     """One layer as the kernels want it, with the constants of its exactness checks.
 
     ``original`` is the ``(C, M)`` of the original layer a derived network
-    answers to (None otherwise; see :func:`bounds.original_constants`): the
+    answers to (None otherwise; see :func:`exactness.original_constants`): the
     bound constants are the larger of the two. Column indices are 16-bit
     where the layer has at most 65536 inputs, a layer whose weights are all
     equal stores one, and only the first layer (``first``) keeps its rows
@@ -626,7 +627,7 @@ class _Layer:
         self.n_in, self.n_out = weights.shape
         csc = weights.tocsc()
         csc.sort_indices()
-        self.growth, self.max_terms = bounds.widen(*bounds.layer_constants(csc), original)
+        self.growth, self.max_terms = exactness.widen(*exactness.layer_constants(csc), original)
         data = csc.data
         self.uniform = bool(data.size and data.min() == data.max())
         index_type = np.uint16 if self.n_in <= 2**16 else np.int32
@@ -655,8 +656,8 @@ class _Layer:
         if self.n_out == 0 or not column_sums.any():
             return False
         smallest = YMAX * float(column_sums.min())
-        sum_error = bounds.gamma(self.max_terms, bounds.unit_roundoff(np.float64)) * self.growth
-        margin = bounds.band(0.0, self.growth, self.max_terms, bias) + YMAX * sum_error
+        sum_error = exactness.gamma(self.max_terms, exactness.unit_roundoff(np.float64)) * self.growth
+        margin = exactness.band(0.0, self.growth, self.max_terms, bias) + YMAX * sum_error
         return smallest > margin and smallest + bias - YMAX >= margin
 
 
@@ -1047,7 +1048,7 @@ def _column_sums(per_chunk, n_layers, kind):
 def _layers(network):
     """``network``'s layers as :class:`_Layer`, one at a time."""
     for index, (weights, original) in enumerate(zip(network.layers,
-                                                    bounds.original_constants(network))):
+                                                    exactness.original_constants(network))):
         yield _Layer(weights, network.bias, original, first=index == 0)
 
 

@@ -58,8 +58,9 @@ import scipy.sparse as sp
 from ..catalog import YMAX
 from ..errors import DataError, EngineUnavailable
 from . import _gpu_kernels as kernels
-from . import bounds
-from .base import Engine, InferenceResult, Timer, recheck
+from . import exactness as bounds
+from .base import Engine, InferenceResult, Timer
+from .exactness import recheck
 
 log = logging.getLogger(__name__)
 

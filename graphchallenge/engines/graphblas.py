@@ -10,7 +10,7 @@ entries use::
 
 This is a peer for benchmarks, not a fast path. SuiteSparse sums in its own
 order, so like the CPU engine it carries the rounding band of
-:mod:`graphchallenge.engines.bounds` for every row (one extra row-wise
+:mod:`graphchallenge.engines.exactness` for every row (one extra row-wise
 reduction per layer) and leaves rows whose verdict it cannot prove to the
 reference; it therefore gives the reference's categories exactly.
 python-graphblas is an optional extra: ``pip install python-graphblas``.
@@ -19,8 +19,9 @@ python-graphblas is an optional extra: ``pip install python-graphblas``.
 import numpy as np
 
 from ..catalog import YMAX
-from . import bounds
-from .base import Engine, InferenceResult, Timer, recheck
+from . import exactness
+from .base import Engine, InferenceResult, Timer
+from .exactness import recheck
 
 
 def _graphblas():
@@ -77,7 +78,7 @@ class GraphblasEngine(Engine):
                     tqdm(layers, total=network.n_layers, desc=self.name, unit="layer",
                          disable=not progress, leave=False)):
                 with Timer() as step:
-                    band = bounds.band(errors, growth, max_terms, bias)
+                    band = exactness.band(errors, growth, max_terms, bias)
                     z = y.mxm(weights, gb.semiring.plus_times).new()
                     mixed = has_negative or (index == 0 and negative_inputs)
                     if not dense:
@@ -97,7 +98,7 @@ class GraphblasEngine(Engine):
                         flagged |= _row_min(gb, z, gb.unary.abs, n_rows) <= band
                     if index == network.n_layers - 1:
                         flagged |= _doubtful_verdicts(gb, z, band, bias, dense, n_rows)
-                    errors = np.where(inside, bounds.next_error(errors, growth, max_terms, bias),
+                    errors = np.where(inside, exactness.next_error(errors, growth, max_terms, bias),
                                       0.0)
                     y = z.select(gb.select.valuegt, 0).new()
                     y << y.apply(gb.binary.min, right=YMAX)
@@ -113,11 +114,11 @@ class GraphblasEngine(Engine):
 def _layers(network):
     """``(Matrix, growth, max_terms, has_negative)`` per layer, one at a time.
 
-    The bound constants come from :func:`bounds.paired_constants` (for a
+    The bound constants come from :func:`exactness.paired_constants` (for a
     derived network they cover the original's rounding too).
     """
     gb = _graphblas()
-    for weights, growth, max_terms in bounds.paired_constants(network):
+    for weights, growth, max_terms in exactness.paired_constants(network):
         matrix = gb.io.from_scipy_sparse(weights.tocsr().astype(np.float64))
         yield matrix, growth, max_terms, bool(weights.nnz and weights.data.min() < 0)
 

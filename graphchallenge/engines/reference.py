@@ -7,48 +7,24 @@ For each layer, in this order::
     Z(Z < 0) = 0
     Z(Z > 32) = 32
 
-and the categories are the rows of the final ``Y`` with any nonzero. On a
-challenge network this engine *is* the truth. On a derived network
-(exactly compacted, ``network.origin`` set) its sums are reassociated
-relative to the original, so it tracks the rounding band of
-:mod:`graphchallenge.engines.bounds` and recomputes flagged rows on the
-original network.
+and the categories are the rows of the final ``Y`` with any nonzero. That
+layer and the forward pass are defined once, in
+:mod:`graphchallenge.engines.exactness` (:func:`apply_layer`,
+:func:`forward_categories`; importable from here too); this module runs
+them as an engine, timed and counted. On a challenge network this engine
+*is* the truth. On a derived network (exactly compacted, ``network.origin``
+set) its sums are reassociated relative to the original, so it tracks the
+rounding band of :mod:`graphchallenge.engines.exactness` and recomputes
+flagged rows on the original network.
 """
 
 import numpy as np
-import scipy.sparse as sp
 
 from ..catalog import YMAX
-from . import bounds
-from .base import Engine, InferenceResult, Timer, recheck
-
-
-def apply_layer(y, weights, bias):
-    """One layer of the reference: ``min(32, max(0, Y @ W + bias on the structure)))``."""
-    z = y @ weights
-    # MATLAB's logical(Z): values that cancelled to 0 are not structure.
-    z.eliminate_zeros()
-    z.data += bias
-    np.clip(z.data, 0.0, YMAX, out=z.data)
-    z.eliminate_zeros()
-    return z
-
-
-def _as_csr(inputs):
-    y = sp.csr_matrix(inputs, dtype=np.float64, copy=True)
-    y.eliminate_zeros()
-    return y
-
-
-def forward_categories(layers, bias, inputs):
-    """1-based categories of ``inputs`` through ``layers`` (no timing, no bookkeeping)."""
-    y = _as_csr(inputs)
-    for weights in layers:
-        if y.nnz == 0:
-            # Every row is 0 and stays 0 (a structural zero gets no bias): no category.
-            return np.empty(0, dtype=np.int64)
-        y = apply_layer(y, weights, bias)
-    return np.flatnonzero(np.diff(y.indptr)).astype(np.int64) + 1
+from . import exactness
+from .base import Engine, InferenceResult, Timer
+from .exactness import apply_layer, float64_rows, recheck
+from .exactness import forward_categories  # noqa: F401 (the reference's answer, also found here)
 
 
 def _row_ids(z):
@@ -94,12 +70,12 @@ class ReferenceEngine(Engine):
             result = self.infer(network.exact_reference, inputs, progress)
             result.rechecked_rows = inputs.shape[0]
             return result
-        y = _as_csr(inputs)
+        y = float64_rows(inputs)
         error = np.zeros(y.shape[0])
         doubtful = np.zeros(y.shape[0], dtype=bool)
         live_rows, layer_seconds = [], []
         derived = network.origin is not None
-        layers = (bounds.paired_constants(network) if derived
+        layers = (exactness.paired_constants(network) if derived
                   else ((weights, None, None) for weights in network.layers))
         layers = tqdm(layers, total=network.n_layers, desc=self.name, unit="layer",
                       disable=not progress, leave=False)
@@ -110,9 +86,9 @@ class ReferenceEngine(Engine):
                         z = y @ weights
                         z.eliminate_zeros()
                         z.data += network.bias
-                        width = bounds.band(error, growth, max_terms, network.bias)
+                        width = exactness.band(error, growth, max_terms, network.bias)
                         carry, doubtful = _classify(z, width, network.bias)
-                        error = np.where(carry, bounds.next_error(error, growth, max_terms,
+                        error = np.where(carry, exactness.next_error(error, growth, max_terms,
                                                                   network.bias), 0.0)
                         np.clip(z.data, 0.0, YMAX, out=z.data)
                         z.eliminate_zeros()

@@ -5,7 +5,8 @@ applied to the challenge networks: penalise groups of weights with
 ``lambda * sum_g ||w_g||_2``, remove the groups that reach exactly zero,
 and fine-tune what remains with the pattern fixed and ``lambda = 0``. The
 result is a narrower network (fewer neurons per layer), written in the
-compact-network format so that ``graphchallenge run --network DIR`` runs it.
+derived-network format (:mod:`graphchallenge.derived`) so that
+``graphchallenge run --network DIR`` runs it.
 
 How this module applies it, and why
 -----------------------------------
@@ -37,7 +38,7 @@ training inputs every unit of every row is dead (0) or saturated (32)
 from layer 16 on (the report's ``open_units``): the gradient of any loss
 on the outputs is exactly 0 for the layers that decide the categories.
 
-*Residuals in pre-activation space* (:func:`_fssl_ops.set_residual`): a
+*Residuals in pre-activation space* (:func:`ops.set_residual`): a
 unit the teacher leaves at 0 only needs ``z <= -margin``, a saturated one
 ``z >= 32 + margin``; the squared distance to that set is convex and keeps
 a gradient exactly where the student is on the wrong side of a threshold,
@@ -74,11 +75,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from . import _fssl_ops as ops
-from .catalog import YMAX
-from .engines.reference import apply_layer
-from .errors import GraphChallengeError
-from .network import Network
+from ..catalog import YMAX
+from ..engines.exactness import apply_layer
+from ..errors import GraphChallengeError
+from ..network import Network
+from . import ops
 
 GROUPINGS = ("outgoing", "incoming")
 

@@ -2,7 +2,7 @@
 
 Every function takes its arrays from one array module (``numpy`` or
 ``cupy``) and returns arrays of the same module, so the training loop in
-:mod:`graphchallenge.finetune` runs unchanged on the CPU and the GPU; only
+:mod:`graphchallenge.fssl.training` runs unchanged on the CPU and the GPU; only
 :class:`Backend` knows which one it is.
 
 A layer under training keeps its sparsity pattern as two index arrays
@@ -15,8 +15,8 @@ product (:func:`sampled_product`).
 import numpy as np
 import scipy.sparse as sp
 
-from .catalog import YMAX
-from .errors import EngineUnavailable
+from ..catalog import YMAX
+from ..errors import EngineUnavailable
 
 #: A layer whose dense form holds at most this many entries per edge (or few
 #: entries in all) is multiplied as a dense matrix: BLAS beats sparse kernels

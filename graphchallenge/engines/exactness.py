@@ -1,5 +1,20 @@
-"""Rounding-error bounds that let a fast engine prove it matches the reference.
+"""Exactness: what the reference computes, and how a fast engine proves it matches.
 
+An engine turns ``(network, inputs)`` into the 1-based categories the
+float64 reference would give. This module holds the whole argument:
+
+* the reference's own layer, in float64 (:func:`apply_layer`,
+  :func:`forward_categories`): the challenge's definition of the answer;
+* rounding-error bounds for any other summation order or precision
+  (:func:`next_error`, :func:`band`, :func:`paired_constants`), with which
+  an engine flags every row whose verdict it cannot prove;
+* :func:`recheck`, which recomputes exactly those rows with the reference.
+
+Engines import it; it imports no engine, so the reference engine
+(:mod:`graphchallenge.engines.reference`) and the fast ones all stand on it.
+
+The bounds
+----------
 The reference sums each output in scipy's order in float64. An engine that
 sums in another order (a gather over a column's 32 weights, a compacted
 network whose merged weights reassociate the sums, float32 arithmetic)
@@ -41,6 +56,39 @@ import scipy.sparse as sp
 from ..catalog import YMAX
 
 
+# ---------------------------------------------------------------- the reference's layer
+
+def apply_layer(y, weights, bias):
+    """One layer of the reference: ``min(32, max(0, Y @ W + bias on the structure)))``."""
+    z = y @ weights
+    # MATLAB's logical(Z): values that cancelled to 0 are not structure.
+    z.eliminate_zeros()
+    z.data += bias
+    np.clip(z.data, 0.0, YMAX, out=z.data)
+    z.eliminate_zeros()
+    return z
+
+
+def float64_rows(inputs):
+    """``inputs`` as the reference starts from them: float64 CSR, no stored zeros, a copy."""
+    y = sp.csr_matrix(inputs, dtype=np.float64, copy=True)
+    y.eliminate_zeros()
+    return y
+
+
+def forward_categories(layers, bias, inputs):
+    """1-based categories of ``inputs`` through ``layers`` (no timing, no bookkeeping)."""
+    y = float64_rows(inputs)
+    for weights in layers:
+        if y.nnz == 0:
+            # Every row is 0 and stays 0 (a structural zero gets no bias): no category.
+            return np.empty(0, dtype=np.int64)
+        y = apply_layer(y, weights, bias)
+    return np.flatnonzero(np.diff(y.indptr)).astype(np.int64) + 1
+
+
+# ---------------------------------------------------------------- rounding bounds
+
 def unit_roundoff(dtype):
     """Half the machine epsilon of ``dtype`` (2**-53 for float64)."""
     return float(np.finfo(dtype).eps) / 2
@@ -55,8 +103,8 @@ def layer_constants(weights):
     """``(C, M)``: largest column abs-sum and largest column nonzero count of a layer."""
     csc = sp.csc_matrix(weights)
     counts = np.diff(csc.indptr)
-    sums = np.zeros(csc.shape[1])
-    np.add.at(sums, np.repeat(np.arange(csc.shape[1]), counts), np.abs(csc.data))
+    filled = np.flatnonzero(counts)
+    sums = np.add.reduceat(np.abs(csc.data), csc.indptr[filled]) if filled.size else counts[:0]
     return float(sums.max(initial=0.0)), int(counts.max(initial=0))
 
 
@@ -109,3 +157,32 @@ def paired_constants(network):
     """
     for weights, original in zip(network.layers, original_constants(network)):
         yield (weights, *widen(*layer_constants(weights), original))
+
+
+# ---------------------------------------------------------------- the recheck
+
+def recheck(network, inputs, categories, flagged):
+    """Replace the verdict on ``flagged`` rows by the float64 reference's.
+
+    Parameters
+    ----------
+    network : Network
+        The reference runs on ``network.exact_reference``.
+    inputs : scipy.sparse.csr_matrix
+    categories : ndarray of int64
+        1-based categories from a fast engine.
+    flagged : ndarray of int64
+        0-based rows whose verdict the fast engine could not prove.
+
+    Returns
+    -------
+    ndarray of int64
+        The categories with the flagged rows decided by the reference.
+    """
+    flagged = np.unique(np.asarray(flagged, dtype=np.int64))
+    if flagged.size == 0:
+        return np.asarray(categories, dtype=np.int64)
+    exact = network.exact_reference
+    sub = forward_categories(exact.layers, exact.bias, inputs[flagged])
+    keep = np.setdiff1d(np.asarray(categories, dtype=np.int64), flagged + 1)
+    return np.union1d(keep, flagged[sub - 1] + 1).astype(np.int64)
