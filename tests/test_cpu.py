@@ -344,6 +344,19 @@ def test_layers_with_one_weight_and_with_many_pack_together(engine, rng):
     assert engine.infer(network, inputs).categories.tolist() == expected
 
 
+def test_multiply_adds_are_counted_as_done(engine, rng, monkeypatch):
+    layer = random_layer(rng, 40, 30, 5)
+    network = Network([layer], -0.3)
+    # 100 rows with every input set: one tile of 128 lanes, no input skipped.
+    full = sp.csr_matrix(np.ones((100, 40)))
+    assert engine.infer(network, full).details["multiply_adds"] == [layer.nnz * cpu.TILE]
+    # Scattered from the inputs: each pixel times its row's weights.
+    monkeypatch.setattr(cpu, "_scatter_pays", lambda *args: True)
+    sparse = random_inputs(rng, 60, 40, density=0.1)
+    expected = int(sum(layer.indptr[k + 1] - layer.indptr[k] for k in sparse.indices))
+    assert engine.infer(network, sparse).details["multiply_adds"] == [expected]
+
+
 def test_compiled_error_bound_is_the_bounds_module_formula(rng):
     errors, growth = rng.random(200) * 10.0 ** rng.integers(-16, 2, 200), rng.random(200) * 4
     terms, bias = rng.integers(1, 100, 200), rng.random(200) - 0.5
@@ -352,28 +365,67 @@ def test_compiled_error_bound_is_the_bounds_module_formula(rng):
     np.testing.assert_allclose(compiled, expected, rtol=4 * np.finfo(float).eps, atol=0)
 
 
-def test_a_streamed_network_is_read_no_further_once_every_row_is_settled(tmp_path, rng):
-    # Layer 1 kills every row: the other layers' files are never read.
-    layers = [random_layer(rng, 30, 30, 3, weight=1 / 64)] + \
-        [random_layer(rng, 30, 30, 3) for _ in range(9)]
+def _layer_files(tmp_path, layers):
     paths = []
     for k, weights in enumerate(layers):
         paths.append(tmp_path / f"layer{k}.tsv")
         io.write_layer(paths[-1], weights)
+    return paths
 
-    class CountingFiles(LayerFiles):
-        read = []
 
-        def __getitem__(self, index):
-            self.read.append(index)
-            return super().__getitem__(index)
+class _CountingFiles(LayerFiles):
+    """Layer files that note which layers are read."""
 
-    lazy = Network(CountingFiles(paths, [(30, 30)] * 10), -0.3)
-    inputs = random_inputs(rng, 50, 30, density=0.2)
-    result = cpu.CpuEngine(chunk_rows=50).infer(lazy, inputs)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read = []
+
+    def __getitem__(self, index):
+        layer = super().__getitem__(index)
+        self.read.append(index)
+        return layer
+
+
+def test_a_streamed_network_is_read_no_further_once_every_row_is_settled(tmp_path, rng,
+                                                                          monkeypatch):
+    # Layer 1 kills every row: inference reads no other layer (the summaries
+    # read each layer once, in prepare).
+    layers = [random_layer(rng, 30, 30, 3, weight=1 / 64)] + \
+        [random_layer(rng, 30, 30, 3) for _ in range(9)]
+    files = _CountingFiles(_layer_files(tmp_path, layers), [(30, 30)] * 10)
+    lazy = Network(files, -0.3)
+    monkeypatch.setattr(cpu, "SEGMENT_LAYERS", 2)
+    engine = cpu.CpuEngine(chunk_rows=50)
+    engine.prepare(lazy)
+    assert sorted(files.read) == list(range(10))
+    files.read.clear()
+    result = engine.infer(lazy, random_inputs(rng, 200, 30, density=0.2))
     assert result.categories.size == 0 and result.live_rows == [0] * 10
-    # The layer after the current one is read ahead (for the dropped-early test).
-    assert sorted(set(CountingFiles.read)) == [0, 1]
+    assert result.details["chunks"] == 4
+    assert sorted(set(files.read)) == [0, 1]
+
+
+@pytest.mark.parametrize("budget", [0, 2**30], ids=["rebuilt", "kept"])
+def test_streamed_segments_are_shared_or_rebuilt_within_the_budget(tmp_path, rng, monkeypatch,
+                                                                   budget):
+    layers = [random_layer(rng, 40, 40, 4) for _ in range(7)]
+    files = _CountingFiles(_layer_files(tmp_path, layers), [(40, 40)] * 7)
+    lazy = Network(files, -0.3)
+    monkeypatch.setattr(cpu, "SEGMENT_LAYERS", 3)
+    engine = cpu.CpuEngine(threads=2, chunk_rows=100, streamed_bytes=budget)
+    inputs = random_inputs(rng, 400, 40, density=0.2)
+    expected = forward_categories(layers, -0.3, inputs).tolist()
+    assert 0 < len(expected) < 400
+    engine.prepare(lazy)
+    files.read.clear()
+    for _ in range(2):
+        assert engine.infer(lazy, inputs).categories.tolist() == expected
+    reads = np.bincount(files.read, minlength=7)
+    if budget:
+        assert reads.tolist() == [1] * 7  # each segment converted once, for every chunk and run
+    else:
+        assert reads.min() > 1  # over the budget: converted again by later chunks
+    assert engine._prepared[1].kept_bytes <= budget
 
 
 def test_a_layer_with_a_weak_column_brings_saturated_rows_back(engine, rng):
@@ -420,7 +472,7 @@ def test_lazy_layers_stream_from_files(tmp_path, rng):
     engine = cpu.CpuEngine(chunk_rows=100)
     result = engine.infer(lazy, inputs)
     assert result.categories.tolist() == forward_categories(layers, -0.3, inputs).tolist()
-    assert engine._prepared is None  # nothing of a lazy network is kept
+    assert isinstance(engine._prepared[1], cpu._Streamed)
 
 
 def test_inputs_of_the_wrong_width_are_a_data_error(engine, rng):

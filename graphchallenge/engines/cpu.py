@@ -49,8 +49,9 @@ any network (any shape, weight signs or bias); see ``docs/cpu.md``.
 import math
 import os
 import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +82,10 @@ except ImportError:
 TILE = 128
 #: Activation memory (two buffers) one worker's chunk may use by default.
 CHUNK_BYTES = 128 * 2**20
+#: Layers converted together when a network is streamed (see :class:`_Streamed`).
+SEGMENT_LAYERS = 8
+#: Converted tables of a streamed network kept in memory by default.
+STREAMED_BYTES = 2 * 2**30
 
 #: Fewer rows than this per chunk cost more in per-layer overhead than threads win.
 _MIN_CHUNK_ROWS = 512
@@ -255,6 +260,7 @@ def _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_s
     result is the same to the bit. The weight of term ``p`` (an index into
     ``w_indices``) is ``w_values[value_base + value_stride * p]``: a stride of
     0 reads one stored weight for a whole layer whose weights are all equal.
+    Returns the multiply-adds done (terms summed times lanes).
     """
     n_tiles, n_out, width = out.shape
     n_in = act.shape[1]
@@ -265,6 +271,7 @@ def _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_s
     kept_rows = np.empty(longest, dtype=w_indices.dtype)
     kept_weights = np.empty(longest)
     other_weights = np.empty(longest)
+    n_terms = 0
     for tile in range(n_tiles):
         source = act[tile]
         block = out[tile]
@@ -294,9 +301,12 @@ def _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_s
                 _accumulate_pair(block[j], block[other], source, kept_rows, kept_weights,
                                  other_weights, n_kept)
                 _finish_column(block[other], bias, dense, tile_stats)
+                n_terms += n_kept
             else:
                 _accumulate(block[j], source, kept_rows, kept_weights, n_kept)
             _finish_column(block[j], bias, dense, tile_stats)
+            n_terms += n_kept
+    return n_terms * width
 
 
 # The two compiled versions of _gather_layer: with ``dense`` a constant, the
@@ -304,15 +314,15 @@ def _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_s
 @_kernel()
 def _gather_layer_dense(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride, bias,
                         out, stats):
-    _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride, bias, True,
-                  out, stats)
+    return _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride, bias,
+                         True, out, stats)
 
 
 @_kernel()
 def _gather_layer_structural(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride,
                              bias, out, stats):
-    _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride, bias, False,
-                  out, stats)
+    return _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride, bias,
+                         False, out, stats)
 
 
 @_kernel(inline=True)
@@ -324,9 +334,10 @@ def _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_ind
     ``W``, CSR) to its lane: work in proportion to the images' pixels, not
     to the layer's width, and no dense input tile to build. The sums hold
     the same terms as the gather's, in another order, which the rounding
-    band covers.
+    band covers. Returns the multiply-adds done.
     """
     n_tiles, n_out, width = out.shape
+    n_terms = 0
     # One row's sums in a small contiguous accumulator (L1), then copied into
     # the tile's lane: scattering into the tile itself strides by a lane's width.
     acc = np.empty(n_out)
@@ -341,26 +352,28 @@ def _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_ind
                     x = in_values[q]
                     for p in range(w_indptr[k], w_indptr[k + 1]):
                         acc[w_indices[p]] += x * w_values[p]
+                    n_terms += w_indptr[k + 1] - w_indptr[k]
             for j in range(n_out):
                 block[j, lane] = acc[j]
         tile_stats = stats[tile]
         _start_stats(tile_stats)
         for j in range(n_out):
             _finish_column(block[j], bias, dense, tile_stats)
+    return n_terms
 
 
 @_kernel()
 def _scatter_inputs_dense(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices,
                           w_values, bias, out, stats):
-    _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices, w_values,
-                    bias, True, out, stats)
+    return _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices,
+                           w_values, bias, True, out, stats)
 
 
 @_kernel()
 def _scatter_inputs_structural(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices,
                                w_values, bias, out, stats):
-    _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices, w_values,
-                    bias, False, out, stats)
+    return _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices,
+                           w_values, bias, False, out, stats)
 
 
 @_kernel()
@@ -436,7 +449,7 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
              following, bias, tile, scatter_first, s_indptr, s_indices, s_values, in_indptr,
              in_indices, in_values, negative_inputs, buffer_a, buffer_b, stats_buffer, act_in_b,
              width, lane_rows, errors, saturated, n_saturated, flagged, n_flagged, live, computed,
-             cycles):
+             multiply_adds, cycles):
     """Follow one chunk's tiles through a segment of packed layers, all in compiled code.
 
     The segment is layers ``first .. first + L - 1`` of the network (``L``
@@ -452,8 +465,8 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
     when ``act_in_b``, else ``buffer_a``; ``lane_rows``, their ``width``),
     the rows' ``errors``, ``saturated[:n_saturated]`` and
     ``flagged[:n_flagged]``. Per layer it writes the rows not known to be
-    dead (``live``), the rows it computed (``computed``) and the cycles spent
-    (``cycles``). Returns ``(act_in_b, width, lane_rows, errors, n_saturated,
+    dead (``live``), the rows it computed (``computed``), the multiply-adds
+    done (``multiply_adds``) and the cycles spent (``cycles``). Returns ``(act_in_b, width, lane_rows, errors, n_saturated,
     n_flagged, done)``; ``done``: no later layer can change any verdict.
     """
     has_next, next_positive_growth, next_growth, next_max_terms = following
@@ -504,22 +517,25 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
             order = pairs[pair_start[index]:pair_start[index + 1]]
             if layer == 0 and scatter_first:
                 if dense:
-                    _scatter_inputs_dense(in_indptr, in_indices, in_values, lane_rows, s_indptr,
-                                          s_indices, s_values, bias, out, stats)
+                    work = _scatter_inputs_dense(in_indptr, in_indices, in_values, lane_rows,
+                                                 s_indptr, s_indices, s_values, bias, out, stats)
                 else:
-                    _scatter_inputs_structural(in_indptr, in_indices, in_values, lane_rows,
-                                               s_indptr, s_indices, s_values, bias, out, stats)
+                    work = _scatter_inputs_structural(in_indptr, in_indices, in_values, lane_rows,
+                                                      s_indptr, s_indices, s_values, bias, out,
+                                                      stats)
             else:
                 act = _tile_view(buffer_b if act_in_b else buffer_a, n_tiles, n_in[index], width)
                 if layer == 0:
                     _load_inputs(in_indptr, in_indices, in_values, lane_rows, act)
                 if dense:
-                    _gather_layer_dense(act, order, column_pointers, g_indices, g_values,
-                                        value_base[index], value_stride[index], bias, out, stats)
+                    work = _gather_layer_dense(act, order, column_pointers, g_indices, g_values,
+                                               value_base[index], value_stride[index], bias, out,
+                                               stats)
                 else:
-                    _gather_layer_structural(act, order, column_pointers, g_indices, g_values,
-                                             value_base[index], value_stride[index], bias, out,
-                                             stats)
+                    work = _gather_layer_structural(act, order, column_pointers, g_indices,
+                                                    g_values, value_base[index],
+                                                    value_stride[index], bias, out, stats)
+            multiply_adds[index] = work
             act_in_b = not act_in_b
             # Sort the rows (see the module's docstring; the same tests as exactness.py's).
             mixed = negative[index] or (layer == 0 and negative_inputs)
@@ -611,26 +627,75 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
     return act_in_b, width, lane_rows, errors, n_saturated, n_flagged, False
 
 
-class _Layer:
-    """One layer as the kernels want it, with the constants of its exactness checks.
+@dataclass
+class _Summary:
+    """A layer's shape and the constants of its exactness checks (see :func:`_summarize`)."""
+
+    n_in: int
+    n_out: int
+    growth: float  # the bound's C: largest column abs-sum
+    max_terms: int  # the bound's M: most nonzeros in a column
+    positive_growth: float  # largest sum of a column's positive weights
+    keeps_saturated: bool  # an all-32 row provably stays all-32
+    has_negative: bool
+
+
+def _summarize(weights, bias, original=None):
+    """The :class:`_Summary` of one layer (``weights`` CSR), without converting it.
 
     ``original`` is the ``(C, M)`` of the original layer a derived network
-    answers to (None otherwise; see :func:`exactness.original_constants`): the
-    bound constants are the larger of the two. Column indices are 16-bit
-    where the layer has at most 65536 inputs, a layer whose weights are all
-    equal stores one, and only the first layer (``first``) keeps its rows
-    for scattering from the inputs.
+    answers to (None otherwise; see :func:`exactness.original_constants`):
+    the bound constants are the larger of the two. The same function serves
+    in-memory and streamed networks, so a layer's constants never depend on
+    how it was read.
+    """
+    n_in, n_out = weights.shape
+    columns, data = weights.indices, weights.data
+    counts = np.bincount(columns, minlength=n_out)
+    abs_sums = np.bincount(columns, weights=np.abs(data), minlength=n_out)
+    growth, max_terms = exactness.widen(float(abs_sums.max(initial=0.0)),
+                                        int(counts.max(initial=0)), original)
+    # On inputs in [0, y] no output exceeds positive_growth * y (before the bias).
+    positive_growth = float(np.bincount(columns, weights=np.maximum(data, 0.0),
+                                        minlength=n_out).max(initial=0.0))
+    sums = np.bincount(columns, weights=data, minlength=n_out)
+    return _Summary(n_in, n_out, growth, max_terms, positive_growth,
+                    _keeps_saturated(sums, growth, max_terms, bias),
+                    bool(data.size and data.min() < 0))
+
+
+def _keeps_saturated(column_sums, growth, max_terms, bias):
+    """True when an all-32 input row provably gives an all-32 output row.
+
+    Output ``j`` is then ``32 * s_j + bias`` with ``s_j`` the column sum;
+    it must clear 32 by the rounding band (plus the rounding of the column
+    sum computed here), and ``32 * s_j`` must be nonzero so that the bias
+    applies at all.
+    """
+    if column_sums.size == 0:
+        return False
+    smallest = YMAX * float(column_sums.min())
+    sum_error = exactness.gamma(max_terms, exactness.unit_roundoff(np.float64)) * growth
+    margin = exactness.band(0.0, growth, max_terms, bias) + YMAX * sum_error
+    return smallest > margin and smallest + bias - YMAX >= margin
+
+
+class _Layer:
+    """One layer as the kernels want it, with its :class:`_Summary` (``summary``).
+
+    Column indices are 16-bit where the layer has at most 65536 inputs, a
+    layer whose weights are all equal stores one, and only the first layer
+    (``first``) keeps its rows for scattering from the inputs.
     """
 
     def __init__(self, weights, bias, original=None, first=False):
         weights = sp.csr_matrix(weights, dtype=np.float64)
-        self.n_in, self.n_out = weights.shape
+        self.summary = _summarize(weights, bias, original)
         csc = weights.tocsc()
         csc.sort_indices()
-        self.growth, self.max_terms = exactness.widen(*exactness.layer_constants(csc), original)
         data = csc.data
         self.uniform = bool(data.size and data.min() == data.max())
-        index_type = np.uint16 if self.n_in <= 2**16 else np.int32
+        index_type = np.uint16 if weights.shape[0] <= 2**16 else np.int32
         self.gather = (csc.indptr.astype(np.int64), csc.indices.astype(index_type),
                        np.ascontiguousarray(data[:1] if self.uniform else data))
         self.pairs = _column_pairs(csc)
@@ -638,27 +703,12 @@ class _Layer:
         if first:
             self.scatter = (weights.indptr.astype(np.int64), weights.indices.astype(np.int32),
                             np.ascontiguousarray(weights.data))
-        self.has_negative = bool(data.size and data.min() < 0)
-        # Largest sum of a column's positive weights: on inputs in [0, y] no
-        # output exceeds positive_growth * y (before the bias).
-        self.positive_growth = float(_column_totals(np.maximum(data, 0.0), csc.indptr)
-                                     .max(initial=0.0))
-        self.keeps_saturated = self._keeps_saturated(_column_totals(data, csc.indptr), bias)
 
-    def _keeps_saturated(self, column_sums, bias):
-        """True when an all-32 input row provably gives an all-32 output row.
-
-        Output ``j`` is then ``32 * s_j + bias`` with ``s_j`` the column sum;
-        it must clear 32 by the rounding band (plus the rounding of the
-        column sum computed here), and ``32 * s_j`` must be nonzero so that
-        the bias applies at all.
-        """
-        if self.n_out == 0 or not column_sums.any():
-            return False
-        smallest = YMAX * float(column_sums.min())
-        sum_error = exactness.gamma(self.max_terms, exactness.unit_roundoff(np.float64)) * self.growth
-        margin = exactness.band(0.0, self.growth, self.max_terms, bias) + YMAX * sum_error
-        return smallest > margin and smallest + bias - YMAX >= margin
+    def __getattr__(self, name):
+        # The summary's fields read as the layer's own (layer.n_in, layer.growth, ...).
+        if name == "summary":
+            raise AttributeError(name)
+        return getattr(self.summary, name)
 
 
 def _column_totals(values, indptr):
@@ -812,6 +862,10 @@ class _Packed:
         # The first layer itself, for scattering straight from the inputs.
         self.first_layer = layers[0] if first == 0 and layers else None
 
+    @property
+    def nbytes(self):
+        return sum(table.nbytes for table in self.tables())
+
     def tables(self):
         return (self.g_indptr, self.g_start, self.g_indices, self.g_values, self.value_base,
                 self.value_stride, self.pairs, self.pair_start, self.n_in, self.n_out,
@@ -840,20 +894,74 @@ def _following(layer):
                                                 int(layer.max_terms))
 
 
-def _segments(network, prepared):
+def _segments(prepared):
     """``(packed segment, constants of the layer after it)`` pairs, in order.
 
-    A prepared network is one segment; a streamed one a segment per layer,
-    converted as it is read (one layer ahead, for the dropped-early test).
+    ``prepared`` is a :class:`_Packed` network (one segment) or a
+    :class:`_Streamed` one.
     """
-    if prepared is not None:
-        yield prepared, _NO_FOLLOWING
-        return
-    layers = _layers(network)
-    following = next(layers, None)
-    for index in range(network.n_layers):
-        layer, following = following, next(layers, None)
-        yield _Packed([layer], index, network.n_layers), _following(following)
+    if isinstance(prepared, _Packed):
+        return iter([(prepared, _NO_FOLLOWING)])
+    return prepared.segments()
+
+
+class _Streamed:
+    """A streamed network: its layers' summaries, and packed segments built on first use.
+
+    The summaries (one pass over the layers, made once) give every chunk
+    the bound constants and the saturation test of every layer, so a chunk
+    whose rows have all settled stops without reading further. Segments of
+    :data:`SEGMENT_LAYERS` layers are converted by the first chunk that
+    needs them and shared by the others; they are kept while their tables
+    fit in ``budget`` bytes, else dropped after use and built again by the
+    next chunk that needs them.
+    """
+
+    def __init__(self, network, budget, progress=False):
+        from tqdm import tqdm
+
+        self.network, self.budget = network, budget
+        self.originals = exactness.original_constants(network)
+        layers = tqdm(network.layers, total=network.n_layers, desc="summarize layers",
+                      unit="layer", disable=not progress, leave=False)
+        self.summaries = [_summarize(sp.csr_matrix(weights, dtype=np.float64), network.bias,
+                                     original) for weights, original in zip(layers, self.originals)]
+        self.settled_after = _settled_after(self.summaries)
+        self.kept_bytes = 0
+        self._lock = threading.Lock()
+        self._built = {}  # first layer -> Future of its _Packed segment
+
+    def segments(self):
+        n_layers = self.network.n_layers
+        for start in range(0, n_layers, SEGMENT_LAYERS):
+            stop = min(start + SEGMENT_LAYERS, n_layers)
+            following = _following(self.summaries[stop]) if stop < n_layers else _NO_FOLLOWING
+            yield self._segment(start, stop), following
+
+    def _segment(self, start, stop):
+        with self._lock:
+            future = self._built.get(start)
+            building = future is None
+            if building:
+                future = self._built[start] = Future()
+        if not building:
+            return future.result()
+        try:
+            packed = _Packed([_Layer(self.network.layers[k], self.network.bias, self.originals[k],
+                                     first=k == 0) for k in range(start, stop)],
+                             start, self.network.n_layers, self.settled_after[start:stop])
+        except BaseException as exc:
+            with self._lock:
+                del self._built[start]
+            future.set_exception(exc)
+            raise
+        future.set_result(packed)
+        with self._lock:
+            if self.kept_bytes + packed.nbytes <= self.budget:
+                self.kept_bytes += packed.nbytes
+            else:
+                del self._built[start]
+        return packed
 
 
 @dataclass
@@ -864,6 +972,7 @@ class _ChunkOutcome:
     flagged: np.ndarray  # 0-based rows left to the reference
     live_rows: np.ndarray  # per layer: rows not known to be dead (tiles, saturated, flagged)
     computed_rows: np.ndarray  # per layer: rows the layer was computed for
+    multiply_adds: np.ndarray  # per layer: multiply-adds done (lanes x terms summed)
     layer_seconds: np.ndarray
 
 
@@ -884,6 +993,7 @@ def _run_chunk(rows, segments, bias, inputs, negative_inputs, buffers, n_layers,
     act_in_b = False
     live = np.zeros(n_layers, dtype=np.int64)
     computed = np.zeros(n_layers, dtype=np.int64)
+    multiply_adds = np.zeros(n_layers, dtype=np.int64)
     cycles = np.zeros(n_layers, dtype=np.int64)
     buffer_a, buffer_b, stats_buffer = buffers.arrays
     scatter_first = False
@@ -898,7 +1008,7 @@ def _run_chunk(rows, segments, bias, inputs, negative_inputs, buffers, n_layers,
             packed.first, packed.last, *packed.tables(), following, bias, tile, scatter_first,
             *scatter, *inputs, negative_inputs, buffer_a, buffer_b, stats_buffer, act_in_b,
             width, lane_rows, errors, saturated, n_saturated, flagged, n_flagged, live[span],
-            computed[span], cycles[span])
+            computed[span], multiply_adds[span], cycles[span])
         if done:
             live[span.stop:] = n_saturated + n_flagged
             break
@@ -907,7 +1017,8 @@ def _run_chunk(rows, segments, bias, inputs, negative_inputs, buffers, n_layers,
     seconds = time.perf_counter() - start
     total = cycles.sum()
     layer_seconds = cycles * (seconds / total) if total > 0 else np.zeros(n_layers)
-    return _ChunkOutcome(survivors, flagged[:n_flagged].copy(), live, computed, layer_seconds)
+    return _ChunkOutcome(survivors, flagged[:n_flagged].copy(), live, computed, multiply_adds,
+                         layer_seconds)
 
 
 class CpuEngine(Engine):
@@ -928,24 +1039,31 @@ class CpuEngine(Engine):
         chunk pays a per-layer overhead, so not more) of at most
         :data:`CHUNK_BYTES` of activations each; peak memory depends on the
         chunk and the width, not on the depth.
+    streamed_bytes : int, optional
+        Converted layer tables of a streamed network kept in memory
+        (default :data:`STREAMED_BYTES`); segments beyond it are converted
+        again by each chunk that reaches them.
 
     Notes
     -----
     The layer tables of an in-memory network are built once and kept for
-    the last network seen, so repeated runs (benchmarks) reuse them. A lazy
-    network (``LayerFiles``) is converted layer by layer as it streams,
-    inside the timer, once per chunk (so it gets one chunk per thread).
+    the last network seen, so repeated runs (benchmarks) reuse them. A
+    streamed network (``LayerFiles``, or generated layers rebuilt on
+    demand) is summarized once in :meth:`prepare` and converted a segment
+    at a time inside the timer, as the chunks reach it; chunks whose rows
+    have all settled read no further.
     """
 
     name = "cpu"
     description = "numba float64 tiles, multithreaded, exact by a proven rounding band"
 
-    def __init__(self, threads=None, chunk_rows=None, tile=None):
+    def __init__(self, threads=None, chunk_rows=None, tile=None, streamed_bytes=STREAMED_BYTES):
         if threads is not None and threads < 1:
             raise ValueError("threads must be positive")
         if tile is not None and (tile < _MIN_WIDTH or tile & (tile - 1)):
             raise ValueError(f"tile must be a power of two >= {_MIN_WIDTH}")
         self.tile = tile
+        self.streamed_bytes = streamed_bytes
         if chunk_rows is not None and chunk_rows < 1:
             raise ValueError("chunk_rows must be positive")
         if threads is None:
@@ -963,19 +1081,25 @@ class CpuEngine(Engine):
             return False, "numba is not installed: pip install numba"
         return True, ""
 
-    def prepare(self, network):
+    def prepare(self, network, progress=False):
         """Compile the kernels and build the layer tables of ``network``; returns the seconds spent.
 
-        :meth:`infer` calls it when needed; call it first to keep one-off
-        work out of a measurement.
+        An in-memory network is converted whole; a streamed one
+        (``LayerFiles``, rebuilt generated layers) is summarized here, one
+        pass over its layers, and converted a segment at a time as chunks
+        reach it (:class:`_Streamed`). Either is kept for the last network
+        seen. :meth:`infer` calls this when needed; call it first to keep
+        one-off work out of a measurement.
         """
         with Timer() as timer:
             if not self._compiled:
                 _warm_up()
                 self._compiled = True
-            if isinstance(network.layers, list) and (self._prepared is None
-                                                     or self._prepared[0] is not network):
-                self._prepared = (network, _pack(network))
+            if self._prepared is None or self._prepared[0] is not network:
+                self._prepared = None  # the last network's tables go first
+                tables = (_pack(network) if isinstance(network.layers, list)
+                          else _Streamed(network, self.streamed_bytes, progress))
+                self._prepared = (network, tables)
         return timer.seconds
 
     def _chunk_rows(self, network, n_rows, streamed):
@@ -984,7 +1108,8 @@ class CpuEngine(Engine):
             return self.chunk_rows
         widest = max(max(shape) for shape in network.shapes)
         limit = max(TILE, CHUNK_BYTES // (2 * 8 * widest))
-        # A streamed network is read once per chunk: as few chunks as possible.
+        # A streamed network's segments beyond the budget are read once per
+        # chunk: as few chunks as possible.
         wanted = self.threads if streamed else 2 * self.threads
         n_chunks = max(math.ceil(n_rows / limit), min(wanted, math.ceil(n_rows / _MIN_CHUNK_ROWS)))
         return max(1, math.ceil(n_rows / max(n_chunks, 1)))
@@ -992,10 +1117,10 @@ class CpuEngine(Engine):
     def infer(self, network, inputs, progress=False):
         from tqdm import tqdm
 
-        prepare_seconds = self.prepare(network)
-        prepared = self._prepared[1] if self._prepared and self._prepared[0] is network else None
+        prepare_seconds = self.prepare(network, progress=progress)
+        prepared = self._prepared[1]
         n_rows = inputs.shape[0]
-        chunk_rows = self._chunk_rows(network, n_rows, streamed=prepared is None)
+        chunk_rows = self._chunk_rows(network, n_rows, streamed=isinstance(prepared, _Streamed))
         starts = range(0, n_rows, chunk_rows)
         widest = max(max(shape) for shape in network.shapes)
         tile = self.tile or TILE
@@ -1016,7 +1141,7 @@ class CpuEngine(Engine):
                 buffers = idle_buffers.get()
                 try:
                     return _run_chunk(np.arange(start, min(start + chunk_rows, n_rows)),
-                                      _segments(network, prepared), network.bias, x,
+                                      _segments(prepared), network.bias, x,
                                       negative_inputs, buffers, network.n_layers, tile)
                 finally:
                     idle_buffers.put(buffers)
@@ -1031,12 +1156,14 @@ class CpuEngine(Engine):
         live_rows = _column_sums([o.live_rows for o in outcomes], network.n_layers, int)
         layer_seconds = _column_sums([o.layer_seconds for o in outcomes], network.n_layers, float)
         computed_rows = _column_sums([o.computed_rows for o in outcomes], network.n_layers, int)
+        multiply_adds = _column_sums([o.multiply_adds for o in outcomes], network.n_layers, int)
         return InferenceResult(
             categories=categories, infer_seconds=total.seconds, engine=self.name,
             prepare_seconds=prepare_seconds, live_rows=live_rows, layer_seconds=layer_seconds,
             rechecked_rows=int(flagged.size),
             details={"threads": n_workers, "chunks": len(starts), "chunk_rows": chunk_rows,
-                     "tile": tile, "computed_rows": computed_rows})
+                     "tile": tile, "computed_rows": computed_rows,
+                     "multiply_adds": multiply_adds})
 
 
 def _column_sums(per_chunk, n_layers, kind):
@@ -1067,5 +1194,5 @@ def _warm_up():
     # Negative bias: rows saturate at once, the 0.5 weight brings them back
     # (every kernel runs); then the kernel for biases >= 0.
     for network in (Network([one * 40.0, one, one * 0.5], -0.25), Network([one, one], 0.25)):
-        _run_chunk(np.arange(2), _segments(network, _pack(network)), network.bias, inputs,
+        _run_chunk(np.arange(2), _segments(_pack(network)), network.bias, inputs,
                    False, _Buffers(TILE, 1), network.n_layers, TILE)
