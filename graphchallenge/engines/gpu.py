@@ -379,8 +379,7 @@ class _FusedRun:
         device_id = cupy.cuda.Device().id
         props = cupy.cuda.runtime.getDeviceProperties(device_id)
         self.n_sm = int(props["multiProcessorCount"])
-        # At most 96 KiB of staged rows per block leaves room for two blocks per multiprocessor.
-        self.shared_limit = min(int(props["sharedMemPerBlockOptin"]), 96 * 1024)
+        self.shared_limit = kernels.shared_limit(int(props["sharedMemPerBlockOptin"]))
         self.details = {"device": device_name(device_id)}
         self.stream = cupy.cuda.Stream(non_blocking=True)
         # Every upload and fill goes on this stream, so the kernels see them finished
@@ -456,7 +455,7 @@ class _FusedRun:
         self.fused = {}
         for variant in variants:
             kernel = module.get_function(kernels.fused_name(*variant))
-            if variant[1] and self.shared_limit > 48 * 1024:
+            if variant[1]:
                 # Dynamic shared memory above 48 KiB must be allowed per kernel.
                 kernel.max_dynamic_shared_size_bytes = self.shared_limit
             self.fused[variant] = kernel
