@@ -255,6 +255,15 @@ def test_register_spills_are_caught(toolchain):
     assert any("spills" in problem for problem in report.problems)
 
 
+@pytest.mark.cuda_toolchain
+def test_launch_bounds_below_the_engines_threads_are_caught(toolchain):
+    source = _broken("__global__ void fused_layer(",
+                     "__global__ void __launch_bounds__(128) fused_layer(")
+    (report,) = build.check_kernels(toolchain, SM90, source=source, expressions=[VARIANT])
+    assert report.resources.max_threads == 128
+    assert any("__launch_bounds__" in problem for problem in report.problems)
+
+
 # ---------------------------------------------------------------- the script and the docs
 
 
@@ -288,8 +297,8 @@ def test_script_prints_the_table_of_every_kernel(resources_script, engine_report
 
 
 @pytest.mark.cuda_toolchain
-def test_script_reports_a_broken_source_in_one_message_and_exit_2(resources_script, tmp_path,
-                                                                 capsys):
+def test_script_reports_a_broken_source_in_one_message_and_exit_2(toolchain, resources_script,
+                                                                 tmp_path, capsys):
     broken = tmp_path / "broken.cu"
     broken.write_text(_broken("fabs(bias);", "fabs(bias) * undeclared_scale;"))
     assert resources_script.main(["--arch", "sm_90", "--source", str(broken)]) == 2

@@ -21,6 +21,7 @@ the signature line CuPy embeds in their docstrings.
 
 import ast
 import importlib
+import importlib.util
 import inspect
 import re
 import types
@@ -59,7 +60,7 @@ OBJECT_MEMBERS = {
 #: Members of the stand-in's classes that belong to the stand-in (its bookkeeping).
 STAND_IN_ONLY = {"current", "registry", "refuse_capture", "null", "captured", "run",
                  "get_current", "operations", "launches", "function", "library", "symbols",
-                 "end_capture_recording"}
+                 "shared_optin"}
 
 
 @pytest.fixture(scope="module")

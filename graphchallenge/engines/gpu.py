@@ -456,7 +456,8 @@ class _FusedRun:
         for variant in variants:
             kernel = module.get_function(kernels.fused_name(*variant))
             if variant[1]:
-                # Dynamic shared memory above 48 KiB must be allowed per kernel.
+                # Dynamic shared memory above 48 KiB must be allowed per kernel (set on
+                # every device: one rule, checked in tests/test_gpu_build.py).
                 kernel.max_dynamic_shared_size_bytes = self.shared_limit
             self.fused[variant] = kernel
         self._warm_up(variants)
