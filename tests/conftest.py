@@ -4,6 +4,9 @@ Tests that need the real challenge data use the ``real_data_dir`` or
 ``shared_mirror`` fixtures. On a clone without ``../shared`` they skip with
 the reason; with ``GRAPHCHALLENGE_REQUIRE_SHARED=1`` (set by ``.ci/run``)
 the missing data is a failure instead, so CI cannot pass by skipping them.
+The tests of the CUDA toolchain (marker ``cuda_toolchain``: real CuPy,
+NVRTC and ptxas, no GPU) do the same through :func:`need_toolchain` and
+``GRAPHCHALLENGE_REQUIRE_CUDA_TOOLCHAIN=1``.
 """
 
 import os
@@ -18,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 MIRROR = SHARED / "mirror" / "synthetic" / "sparsechallenge_2019"
 REQUIRE_SHARED = os.environ.get("GRAPHCHALLENGE_REQUIRE_SHARED") == "1"
+REQUIRE_TOOLCHAIN = os.environ.get("GRAPHCHALLENGE_REQUIRE_CUDA_TOOLCHAIN") == "1"
 
 
 def _need_shared(path):
@@ -27,6 +31,14 @@ def _need_shared(path):
                "workspace has no ../shared)")
     if REQUIRE_SHARED:
         pytest.fail(message + "; GRAPHCHALLENGE_REQUIRE_SHARED=1 makes this a failure")
+    pytest.skip(message)
+
+
+def need_toolchain(message):
+    """Skip with ``message`` (what is missing and how to install it), or fail under
+    ``GRAPHCHALLENGE_REQUIRE_CUDA_TOOLCHAIN=1``."""
+    if REQUIRE_TOOLCHAIN:
+        pytest.fail(message + "; GRAPHCHALLENGE_REQUIRE_CUDA_TOOLCHAIN=1 makes this a failure")
     pytest.skip(message)
 
 

@@ -198,9 +198,24 @@ class _Graph:
 
 
 class _Kernel:
-    def __init__(self, function):
+    def __init__(self, function, shared_optin=None):
         self.function = function
-        self.max_dynamic_shared_size_bytes = 48 * 1024
+        self.shared_optin = shared_optin
+        self._max_dynamic_shared = 48 * 1024
+
+    @property
+    def max_dynamic_shared_size_bytes(self):
+        return self._max_dynamic_shared
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, value):
+        # CUDA refuses a maximum that, with the kernel's static shared memory (every
+        # fused_layer has some), exceeds the device's opt-in maximum.
+        if self.shared_optin is not None and value >= self.shared_optin:
+            raise RuntimeError("cudaErrorInvalidValue: dynamic shared memory maximum "
+                               f"{value} leaves no room for static shared memory "
+                               f"(opt-in maximum {self.shared_optin})")
+        self._max_dynamic_shared = value
 
     def __call__(self, grid, block, args, shared_mem=0):
         if shared_mem > self.max_dynamic_shared_size_bytes:
@@ -260,7 +275,7 @@ def make_emulated_cupy(tmp_dir, free_bytes, shared_optin):
             function = getattr(self.library, self.symbols[name])
             function.restype = None
             function.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-            return _Kernel(function)
+            return _Kernel(function, shared_optin)
 
     module.RawModule = RawModule
 

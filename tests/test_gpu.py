@@ -446,6 +446,19 @@ def test_fused_engine_gathers_from_global_memory_for_wide_rows(emulated, rng):
     assert gpu.GpuEngine().infer(network, inputs).categories.tolist() == expected.tolist()
 
 
+@pytest.mark.parametrize("optin", [64 * 1024, 96 * 1024])
+def test_fused_engine_leaves_shared_memory_for_the_kernels_own_variables(emulated, rng, optin,
+                                                                         monkeypatch):
+    """On a device whose opt-in maximum caps the staged rows (64 KiB on sm_75, 96 KiB on
+    sm_70), asking for all of it as dynamic memory is refused: the engine keeps a reserve."""
+    emulated(shared_optin=optin)
+    network, inputs, expected = _random_case(rng)
+    assert gpu.GpuEngine().infer(network, inputs).categories.tolist() == expected.tolist()
+    monkeypatch.setattr(kernels, "STATIC_SHARED_RESERVE", 0)
+    with pytest.raises(RuntimeError, match="cudaErrorInvalidValue"):
+        gpu.GpuEngine().infer(network, inputs)
+
+
 def test_cusparse_engine_streams_when_the_network_does_not_fit(emulated, rng):
     emulated(free_bytes=1)
     network, inputs, expected = _random_case(rng)

@@ -17,7 +17,7 @@ reading anything back between layers:
     One layer for every listed row: for each output column ``j`` it sums
     ``w[t, j] * y[index[t, j]]`` over the column's table, adds the bias to
     structural nonzeros, applies ReLU and the clamp, tracks the rounding
-    band of :mod:`graphchallenge.engines.bounds`, and appends the surviving
+    band of :mod:`graphchallenge.engines.exactness`, and appends the surviving
     rows to the next list (rows provably 32 everywhere go to the parked list
     instead, when the next layer provably keeps them at 32). It flags the
     rows whose verdict it cannot prove (see :mod:`graphchallenge.engines.gpu`).
@@ -59,6 +59,15 @@ THREADS = 256
 
 #: Output columns one work item of ``fused_layer`` covers.
 COLUMN_CHUNK = 1024
+
+#: NVRTC options of the engine's module (CuPy adds its own, e.g. the architecture).
+COMPILE_OPTIONS = ("--std=c++17",)
+
+#: Most bytes of staged rows per block: two blocks fit on a Hopper multiprocessor.
+STAGED_SHARED_MAX = 96 * 1024
+#: Bytes of a block's shared memory left to the kernels' own ``__shared__`` variables:
+#: CUDA caps the dynamic size a kernel may ask for at the opt-in maximum minus them.
+STATIC_SHARED_RESERVE = 1024
 
 SOURCE = r"""
 #define YMAX @YMAX@
@@ -299,7 +308,7 @@ def compile_module(cupy, variants):
         ``(rows, staged, uniform, careful)`` of each ``fused_layer`` needed.
     """
     names = sorted({fused_name(*variant) for variant in variants})
-    return cupy.RawModule(code=SOURCE, options=("--std=c++17",), name_expressions=names)
+    return cupy.RawModule(code=SOURCE, options=COMPILE_OPTIONS, name_expressions=names)
 
 
 @dataclass
@@ -362,6 +371,16 @@ def needs_care(constants, bias, negative_inputs=False):
     return bias >= 0 and (constants.signed or negative_inputs)
 
 
+def shared_limit(shared_optin):
+    """Bytes of staged rows a block may hold on a device whose opt-in maximum of
+    shared memory per block is ``shared_optin`` (``sharedMemPerBlockOptin``).
+
+    The kernels' static ``__shared__`` variables come out of the same budget,
+    so :data:`STATIC_SHARED_RESERVE` is kept for them.
+    """
+    return max(0, min(shared_optin - STATIC_SHARED_RESERVE, STAGED_SHARED_MAX))
+
+
 def kernel_shape(n_in, shared_limit):
     """``(rows, staged, shared_bytes)`` of the fused kernel for rows ``n_in`` wide.
 
@@ -374,6 +393,23 @@ def kernel_shape(n_in, shared_limit):
         if rows * row_bytes <= shared_limit:
             return rows, True, rows * row_bytes
     return GLOBAL_ROWS, False, 0
+
+
+def fused_variants(shared_limit):
+    """Every ``(rows, staged, uniform, careful)`` the engine may instantiate under
+    ``shared_limit``: the shapes :func:`kernel_shape` picks for any row width, with
+    every combination of the two flags.
+
+    :func:`kernel_shape` changes its choice only where ``rows`` rows of ``n_in``
+    values stop fitting, so evaluating it at those widths finds every shape.
+    """
+    widths = {1, shared_limit // 8 + 1}
+    for rows in STAGED_ROWS:
+        fitting = shared_limit // (8 * rows)
+        widths.update(width for width in (fitting, fitting + 1) if width >= 1)
+    shapes = {kernel_shape(width, shared_limit)[:2] for width in widths}
+    return sorted((rows, staged, uniform, careful) for rows, staged in shapes
+                  for uniform in (False, True) for careful in (False, True))
 
 
 def live_rows_per_layer(counts, parked_new, pending_new, unparks_before):

@@ -20,7 +20,7 @@ nothing. Networks larger than device memory are streamed layer by layer
 from pinned host buffers on a copy stream, overlapped with the compute.
 
 Exactness. Both engines sum in another order than scipy, so both carry, per
-row, the rounding-error bound ``e`` of :mod:`graphchallenge.engines.bounds`
+row, the rounding-error bound ``e`` of :mod:`graphchallenge.engines.exactness`
 in float64 on the device; a computed value and the reference's differ by at
 most ``band`` (twice the bound of the layer). With a negative bias (every
 challenge network) the reference's layer is exactly the continuous
@@ -380,8 +380,7 @@ class _FusedRun:
         device_id = cupy.cuda.Device().id
         props = cupy.cuda.runtime.getDeviceProperties(device_id)
         self.n_sm = int(props["multiProcessorCount"])
-        # At most 96 KiB of staged rows per block leaves room for two blocks per multiprocessor.
-        self.shared_limit = min(int(props["sharedMemPerBlockOptin"]), 96 * 1024)
+        self.shared_limit = kernels.shared_limit(int(props["sharedMemPerBlockOptin"]))
         self.details = {"device": device_name(device_id)}
         self.stream = cupy.cuda.Stream(non_blocking=True)
         # Every upload and fill goes on this stream, so the kernels see them finished
@@ -457,8 +456,9 @@ class _FusedRun:
         self.fused = {}
         for variant in variants:
             kernel = module.get_function(kernels.fused_name(*variant))
-            if variant[1] and self.shared_limit > 48 * 1024:
-                # Dynamic shared memory above 48 KiB must be allowed per kernel.
+            if variant[1]:
+                # Dynamic shared memory above 48 KiB must be allowed per kernel (set on
+                # every device: one rule, checked in tests/test_gpu_build.py).
                 kernel.max_dynamic_shared_size_bytes = self.shared_limit
             self.fused[variant] = kernel
         self._warm_up(variants)
