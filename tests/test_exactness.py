@@ -70,3 +70,29 @@ def test_recheck_decides_the_flagged_rows_with_the_reference_on_the_original(rng
     only_first = exactness.recheck(derived, inputs, wrong, [0])
     assert only_first.tolist() == np.setxor1d(truth, [2, 3]).tolist()
     assert exactness.recheck(derived, inputs, wrong, []).tolist() == wrong.tolist()
+
+
+def test_rows_at_32_for_good_leave_the_reference_early(rng):
+    class Counted:
+        """A layer that notes how many rows it multiplies."""
+
+        def __init__(self, weights, seen):
+            self.weights, self.seen = weights, seen
+
+        def __rmatmul__(self, y):
+            self.seen.append(y.shape[0])
+            return y @ self.weights
+
+    strong = [random_layer(rng, 30, 30, 4, weight=1.0) for _ in range(12)]
+    inputs = random_inputs(rng, 80, 30, density=0.3)
+    expected = exactness.forward_categories(strong, -0.3, inputs)
+    assert 10 < expected.size < 80
+    seen = []
+    counted = [Counted(weights, seen) for weights in strong]
+    settled = exactness.forward_categories(counted, -0.3, inputs, settled_after=[True] * 12)
+    assert settled.tolist() == expected.tolist()
+    assert seen[-1] < seen[0]  # rows at 32 stopped being computed
+    # Told nothing, every live row goes through every layer.
+    seen.clear()
+    assert exactness.forward_categories(counted, -0.3, inputs).tolist() == expected.tolist()
+    assert len(seen) == 12

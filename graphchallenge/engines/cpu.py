@@ -1152,7 +1152,10 @@ class CpuEngine(Engine):
             survivors = [outcome.survivors for outcome in outcomes]
             flagged = np.concatenate([outcome.flagged for outcome in outcomes] + [_NO_ROWS])
             categories = np.sort(np.concatenate(survivors + [_NO_ROWS])) + 1
-            categories = recheck(network, inputs, categories, flagged)
+            # The saturation tests hold for the reference's arithmetic on the
+            # network itself, not on the original behind a derived one.
+            settled_after = prepared.settled_after if network.exact_reference is network else None
+            categories = recheck(network, inputs, categories, flagged, settled_after)
         live_rows = _column_sums([o.live_rows for o in outcomes], network.n_layers, int)
         layer_seconds = _column_sums([o.layer_seconds for o in outcomes], network.n_layers, float)
         computed_rows = _column_sums([o.computed_rows for o in outcomes], network.n_layers, int)

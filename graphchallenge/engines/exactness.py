@@ -76,15 +76,36 @@ def float64_rows(inputs):
     return y
 
 
-def forward_categories(layers, bias, inputs):
-    """1-based categories of ``inputs`` through ``layers`` (no timing, no bookkeeping)."""
+def forward_categories(layers, bias, inputs, settled_after=None):
+    """1-based categories of ``inputs`` through ``layers`` (no timing, no bookkeeping).
+
+    ``settled_after[k]``, where given, says that every layer after layer
+    ``k`` provably maps a row of all 32s to a row of all 32s in this very
+    arithmetic (the CPU engine's saturation test, which covers float64
+    rounding): a row that is all 32 there is then a category, and is not
+    carried through the remaining layers. The other rows' sums are not
+    touched (a row's sums depend on its own values only), so the answer is
+    the same as without it.
+    """
     y = float64_rows(inputs)
-    for weights in layers:
+    rows = np.arange(y.shape[0])
+    saturated = [rows[:0]]
+    for index, weights in enumerate(layers):
         if y.nnz == 0:
-            # Every row is 0 and stays 0 (a structural zero gets no bias): no category.
-            return np.empty(0, dtype=np.int64)
+            # Every row is 0 and stays 0 (a structural zero gets no bias): no more categories.
+            break
         y = apply_layer(y, weights, bias)
-    return np.flatnonzero(np.diff(y.indptr)).astype(np.int64) + 1
+        if settled_after is not None and settled_after[index] and y.nnz:
+            full = np.flatnonzero(np.diff(y.indptr) == y.shape[1])
+            if full.size:
+                lowest = np.minimum.reduceat(y.data, y.indptr[full])
+                done = full[lowest == YMAX]
+                if done.size:
+                    saturated.append(rows[done])
+                    left = np.setdiff1d(np.arange(y.shape[0]), done)
+                    y, rows = y[left], rows[left]
+    alive = rows[np.diff(y.indptr) > 0]
+    return np.sort(np.concatenate(saturated + [alive])).astype(np.int64) + 1
 
 
 # ---------------------------------------------------------------- rounding bounds
@@ -161,7 +182,7 @@ def paired_constants(network):
 
 # ---------------------------------------------------------------- the recheck
 
-def recheck(network, inputs, categories, flagged):
+def recheck(network, inputs, categories, flagged, settled_after=None):
     """Replace the verdict on ``flagged`` rows by the float64 reference's.
 
     Parameters
@@ -173,6 +194,9 @@ def recheck(network, inputs, categories, flagged):
         1-based categories from a fast engine.
     flagged : ndarray of int64
         0-based rows whose verdict the fast engine could not prove.
+    settled_after : sequence of bool, optional
+        Per layer of ``network.exact_reference``, see
+        :func:`forward_categories`.
 
     Returns
     -------
@@ -183,6 +207,6 @@ def recheck(network, inputs, categories, flagged):
     if flagged.size == 0:
         return np.asarray(categories, dtype=np.int64)
     exact = network.exact_reference
-    sub = forward_categories(exact.layers, exact.bias, inputs[flagged])
+    sub = forward_categories(exact.layers, exact.bias, inputs[flagged], settled_after)
     keep = np.setdiff1d(np.asarray(categories, dtype=np.int64), flagged + 1)
     return np.union1d(keep, flagged[sub - 1] + 1).astype(np.int64)

@@ -32,7 +32,7 @@ that is all zero but not provably so stays listed one more layer, which
 decides it. Only final verdicts can be in doubt: a row alive after the last
 layer with no value above ``band``, or one still undecided there. Those
 rows, few or none (none on the real neuron1024 data), go to
-:func:`graphchallenge.engines.base.recheck`, which recomputes them with the
+:func:`graphchallenge.engines.exactness.recheck`, which recomputes them with the
 reference on ``network.exact_reference``.
 With a bias >= 0 the structure matters: with nonnegative weights and
 inputs a computed sum is 0 exactly when the reference's is, and otherwise
