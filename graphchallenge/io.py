@@ -115,7 +115,8 @@ def _require_file(path):
         raise DataError(f"{path}: no such file")
 
 
-def _check_indices(path, name, values, limit):
+def _check_indices(path, name, values, limit, offset=0):
+    """0-based int64 indices from 1-based ``values``; ``offset`` triples precede them in the file."""
     if values.dtype.kind == "i":
         if values.size == 0 or (values.min() >= 1 and (limit is None or values.max() <= limit)):
             return values - 1
@@ -125,8 +126,15 @@ def _check_indices(path, name, values, limit):
     if bad.any():
         where = int(np.flatnonzero(bad)[0])
         bound = f"in 1..{limit}" if limit is not None else ">= 1"
-        raise _index_error(path, where, f"{name} index {values[where]:g} is not an integer {bound}")
+        raise _index_error(path, offset + where,
+                           f"{name} index {values[where]:g} is not an integer {bound}")
     return values.astype(np.int64) - 1
+
+
+def _check_values(path, values, offset=0):
+    if not np.isfinite(values).all():
+        where = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise _index_error(path, offset + where, "value is not finite")
 
 
 def read_triples(path, n_rows=None, n_cols=None):
@@ -158,10 +166,144 @@ def read_triples(path, n_rows=None, n_cols=None):
     rows, cols, values = triples
     rows = _check_indices(path, "row", rows, n_rows)
     cols = _check_indices(path, "column", cols, n_cols)
-    if not np.isfinite(values).all():
-        where = int(np.flatnonzero(~np.isfinite(values))[0])
-        raise _index_error(path, where, "value is not finite")
+    _check_values(path, values)
     return rows, cols, values
+
+
+# ---------------------------------------------------------------- reading in blocks
+
+#: Bytes of text parsed at a time by :func:`read_inputs`: the 65536 input
+#: file (392 million lines) is never held as text or as parsed columns whole.
+INPUT_BLOCK_BYTES = 64 << 20
+
+_SLOW_BLOCK_LINES = 1 << 20
+
+
+class _NotFast(Exception):
+    """pyarrow cannot read the file as is: re-read it line by line."""
+
+
+def _is_gzipped(path):
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
+
+
+def _blocks_fast(path, block_bytes):
+    """``(rows, cols, values)`` a block of text at a time through pyarrow's streaming reader."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    names = ["row", "col", "value"]
+    try:
+        stream = pa.input_stream(str(path), compression="gzip" if _is_gzipped(path) else None)
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(column_names=names, block_size=int(block_bytes)),
+            parse_options=pacsv.ParseOptions(delimiter="\t"),
+            convert_options=pacsv.ConvertOptions(
+                column_types={"row": pa.int64(), "col": pa.int64(), "value": pa.float64()}))
+        for batch in reader:
+            columns = [batch.column(k) for k in range(3)]
+            if any(column.null_count for column in columns):
+                raise _NotFast
+            yield tuple(column.to_numpy(zero_copy_only=False) for column in columns)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError, zlib.error):
+        raise _NotFast from None
+
+
+def _blocks_slow(path, block_lines=None):
+    """``(rows, cols, values)`` ``block_lines`` lines at a time, any whitespace; DataError at a bad line."""
+    rows, cols, values = [], [], []
+
+    def block():
+        arrays = tuple(np.array(column, dtype=np.float64) for column in (rows, cols, values))
+        for column in (rows, cols, values):
+            column.clear()
+        return arrays
+
+    try:
+        with _open_text(path) as handle:
+            for lineno, line in enumerate(handle, 1):
+                fields = line.split()
+                if not fields:
+                    continue
+                if len(fields) != 3:
+                    raise DataError(f"{path}:{lineno}: expected 3 fields (row, column, value), "
+                                    f"got {len(fields)}: {line.strip()[:60]!r}")
+                try:
+                    row, col, value = (float(field) for field in fields)
+                except ValueError:
+                    raise DataError(f"{path}:{lineno}: not a number: {line.strip()[:60]!r}") from None
+                rows.append(row)
+                cols.append(col)
+                values.append(value)
+                if len(rows) >= (block_lines or _SLOW_BLOCK_LINES):
+                    yield block()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read ({exc}); the file may be truncated or corrupt; "
+                        "delete it and download it again") from None
+    if rows:
+        yield block()
+
+
+def _inputs_from_blocks(path, blocks, neurons, progress=False):
+    """Assemble the CSR input matrix from ``blocks`` of triples, one block in memory at a time.
+
+    Input files list their rows in order: then only the columns (int32)
+    and a count per row are kept, about 4 bytes a pixel instead of the 24 of
+    parsed triples (values are kept only where some pixel is not 1). A file
+    whose rows are out of order falls back on keeping the rows as well.
+    """
+    from tqdm import tqdm
+
+    index = np.int32 if neurons < 2**31 else np.int64
+    pieces = []  # (first_row, row counts or None, rows or None, cols, values or None)
+    offset, last_row, in_order = 0, 0, True
+    with tqdm(desc="read inputs", unit=" pixels", unit_scale=True, disable=not progress,
+              leave=False) as bar:
+        for rows, cols, values in blocks:
+            rows = _check_indices(path, "row", rows, None, offset)
+            cols = _check_indices(path, "column", cols, neurons, offset)
+            _check_values(path, values, offset)
+            offset += rows.size
+            bar.update(rows.size)
+            if rows.size == 0:
+                continue
+            values = None if (values == 1.0).all() else values
+            if in_order and rows[0] >= last_row and (rows.size < 2 or (np.diff(rows) >= 0).all()):
+                counts = np.bincount(rows - rows[0]).astype(np.int64)
+                pieces.append((int(rows[0]), counts, None, cols.astype(index), values))
+                last_row = int(rows[-1])
+            else:
+                in_order = False
+                pieces.append((None, None, rows, cols.astype(index), values))
+    if not pieces:
+        raise DataError(f"{path}: no inputs (empty file)")
+    n_rows = max(first + counts.size if rows is None else int(rows.max()) + 1
+                 for first, counts, rows, _, _ in pieces)
+    nnz = sum(piece[3].size for piece in pieces)
+    data = np.concatenate([piece[4] if piece[4] is not None else np.ones(piece[3].size)
+                           for piece in pieces]) if any(p[4] is not None for p in pieces) \
+        else np.ones(nnz)
+    indices = np.concatenate([piece[3] for piece in pieces])
+    if in_order:
+        row_nnz = np.zeros(n_rows, dtype=np.int64)
+        for first, counts, _, _, _ in pieces:
+            row_nnz[first:first + counts.size] += counts
+        del pieces
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(row_nnz, out=indptr[1:])
+        big = nnz >= 2**31
+        matrix = sp.csr_matrix((data, indices.astype(np.int64) if big else indices,
+                                indptr if big else indptr.astype(np.int32)),
+                               shape=(n_rows, neurons))
+        # Duplicate (row, col) pairs add up, as MATLAB's sparse() does.
+        matrix.sum_duplicates()
+        return matrix
+    rows = np.concatenate([np.repeat(np.arange(first, first + counts.size), counts)
+                           if rows is None else rows for first, counts, rows, _, _ in pieces])
+    del pieces
+    return _to_csr(rows, indices, data, (n_rows, neurons))
 
 
 # ---------------------------------------------------------------- binary cache
@@ -238,10 +380,11 @@ def save_csr(dest, matrix, key=None):
     matrix = sp.csr_matrix(matrix)
     # One index dtype for both arrays, as scipy expects of a CSR matrix.
     index = np.int32 if matrix.nnz < 2**31 else np.int64
-    arrays = {"indptr": matrix.indptr.astype(index),
-              "indices": matrix.indices.astype(index)}
-    data = matrix.data.astype(np.float64)
-    constant = float(data[0]) if data.size and (data == data[0]).all() else None
+    # copy=False: the 65536 input matrix is gigabytes; a copy per array doubled the peak.
+    arrays = {"indptr": matrix.indptr.astype(index, copy=False),
+              "indices": matrix.indices.astype(index, copy=False)}
+    data = matrix.data.astype(np.float64, copy=False)
+    constant = float(data[0]) if data.size and (data.min() == data.max() == data[0]) else None
     if constant is None:
         arrays["data"] = data
     header = {"version": _CACHE_VERSION, "shape": list(matrix.shape), "key": key,
@@ -259,7 +402,7 @@ def save_csr(dest, matrix, key=None):
         handle.write(len(head).to_bytes(8, "little"))
         handle.write(head)
         for array in arrays.values():
-            handle.write(array.tobytes())
+            handle.write(memoryview(np.ascontiguousarray(array)).cast("B"))
 
     _write_atomic(dest, write)
 
@@ -396,49 +539,91 @@ def _layer_kind(shape):
     return f"layer{shape[0]}x{shape[1]}"
 
 
-def read_layers(paths, shapes, cache=True, threads=None):
+def read_layers(paths, shapes, cache=True, threads=None, progress=False):
     """Read several layers (:func:`read_layer` each), on ``threads`` threads at once.
 
     pyarrow and the cache reader release the GIL, so the layers of a network
     parse side by side (2.4-2.8x faster than one at a time on the 120 real
     neuron1024 layers with 2 cores). ``threads`` defaults to the CPUs this
-    process may use, at most 8.
+    process may use, at most 8. ``progress`` draws a bar on stderr (layers
+    read from text and cached take seconds at the larger sizes).
     """
     from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
 
     if threads is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         threads = min(8, cpus or 1)
     shapes = [tuple(int(n) for n in shape) for shape in shapes]
-    # Cached layers load faster one after the other than through a pool.
-    layers = [_from_cache(path, _layer_kind(shape)) if cache and Path(path).is_file() else None
-              for path, shape in zip(paths, shapes)]
-    missing = [k for k, layer in enumerate(layers) if layer is None]
-    if threads <= 1 or len(missing) <= 1:
-        parsed = [read_layer(paths[k], shape=shapes[k], cache=cache) for k in missing]
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            parsed = list(pool.map(lambda k: read_layer(paths[k], shape=shapes[k], cache=cache),
-                                   missing))
+    with tqdm(total=len(paths), desc="read layers", unit="layer", disable=not progress,
+              leave=False) as bar:
+        # Cached layers load faster one after the other than through a pool.
+        layers = []
+        for path, shape in zip(paths, shapes):
+            layer = (_from_cache(path, _layer_kind(shape)) if cache and Path(path).is_file()
+                     else None)
+            layers.append(layer)
+            if layer is not None:
+                bar.update()
+        missing = [k for k, layer in enumerate(layers) if layer is None]
+
+        def parse(k):
+            layer = read_layer(paths[k], shape=shapes[k], cache=cache)
+            bar.update()
+            return layer
+
+        if threads <= 1 or len(missing) <= 1:
+            parsed = [parse(k) for k in missing]
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                parsed = list(pool.map(parse, missing))
     for k, layer in zip(missing, parsed):
         layers[k] = layer
     return layers
 
 
-def read_inputs(path, neurons, n_inputs=None, cache=True):
+def read_inputs(path, neurons, n_inputs=None, cache=True, progress=False,
+                block_bytes=INPUT_BLOCK_BYTES):
     """Read the input images as an ``n_inputs x neurons`` CSR matrix.
 
     The row count is the largest row index in the file (as in the reference),
     unless ``n_inputs`` is given, in which case only the first ``n_inputs``
     rows are kept.
-    """
-    def build():
-        rows, cols, values = read_triples(path, n_cols=neurons)
-        if rows.size == 0:
-            raise DataError(f"{path}: no inputs (empty file)")
-        return _to_csr(rows, cols, values, (int(rows.max()) + 1, neurons))
 
-    matrix = _cached(path, f"inputs{neurons}", build, cache)
+    Parameters
+    ----------
+    path : path-like
+        A TSV (plain or gzipped), or a binary input file
+        (``sparse-images-{N}.csr``, :func:`save_csr`'s format, written by a
+        binary generated challenge), which is read as is.
+    neurons : int
+    n_inputs : int, optional
+    cache : bool
+        Keep the parsed TSV in the binary cache.
+    progress : bool
+        Draw a progress bar on stderr while the text is parsed.
+    block_bytes : int
+        Text parsed at a time: the file is read and converted block by block
+        (:data:`INPUT_BLOCK_BYTES`), never whole.
+    """
+    path = Path(path)
+    _require_file(path)
+    if path.suffix == ".csr":
+        matrix = load_csr(path)
+        if matrix is None:
+            raise DataError(f"{path}: not a readable binary input file (damaged or truncated); "
+                            "generate it again")
+        if matrix.shape[1] != neurons:
+            raise DataError(f"{path}: holds inputs of {matrix.shape[1]} neurons, not {neurons}")
+    else:
+        def build():
+            try:
+                return _inputs_from_blocks(path, _blocks_fast(path, block_bytes), neurons, progress)
+            except _NotFast:
+                return _inputs_from_blocks(path, _blocks_slow(path), neurons, progress)
+
+        matrix = _cached(path, f"inputs{neurons}", build, cache)
     if n_inputs is not None:
         if n_inputs < 1:
             raise DataError(f"--inputs must be at least 1 (got {n_inputs})")
@@ -505,13 +690,18 @@ def write_inputs(path, matrix, rows_per_chunk=4096):
         stream = (gzip.GzipFile(fileobj=handle, mode="wb", compresslevel=6, mtime=0)
                   if str(path).endswith(".gz") else handle)
         for start in range(0, matrix.shape[0], rows_per_chunk):
-            coo = matrix[start:start + rows_per_chunk].tocoo()
-            values = np.array([f"{value:g}" for value in coo.data]) if coo.nnz else np.array([], dtype=str)
-            stream.write(_triples_text(coo.row + start + 1, coo.col + 1, values))
+            stream.write(inputs_text(matrix[start:start + rows_per_chunk], start))
         if stream is not handle:
             stream.close()
 
     _write_atomic(path, write)
+
+
+def inputs_text(matrix, first_row=0):
+    """The TSV lines (bytes) of input rows ``matrix``, numbered from ``first_row + 1``."""
+    coo = sp.csr_matrix(matrix).tocoo()
+    values = np.array([f"{value:g}" for value in coo.data]) if coo.nnz else np.array([], dtype=str)
+    return _triples_text(coo.row + first_row + 1, coo.col + 1, values)
 
 
 def write_categories(path, categories):

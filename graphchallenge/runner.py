@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import engines, network as network_mod
+from .errors import GraphChallengeError
 from .validate import validate
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class RunReport:
     ranks: int = 1
     rank_seconds: list = None
     categories: list = None
+    truth_source: str = None
+    truth_inputs: int = None
 
     def to_dict(self):
         return asdict(self)
@@ -69,7 +72,8 @@ class RunReport:
             lines.append("validation   no truth file: not validated")
         else:
             from .validate import Validation
-            lines.append(f"validation   {Validation(**self.validation).summary()}")
+            lines.append(f"validation   {Validation(**self.validation).summary()}"
+                         + (f" against the {self.truth_source}" if self.truth_inputs else ""))
         return "\n".join(lines)
 
 
@@ -84,12 +88,45 @@ def tile_inputs(inputs, truth, tile):
     return tiled, truth
 
 
-def make_report(challenge, inputs, truth, result, tile=1, challenge_edges=None):
-    """Build the RunReport of ``result`` (an InferenceResult on ``inputs``)."""
+def reference_truth(network, inputs, n_rows, progress=False):
+    """The float64 reference's categories of the first ``n_rows`` of ``inputs``.
+
+    The truth of a run too large for the plain reference on every input:
+    rows are independent, so the categories of the first ``n_rows`` are
+    those of the whole run restricted to rows ``<= n_rows``. The reference
+    runs on ``network.exact_reference``, so a derived network is checked
+    against its original, and a fast engine never against itself.
+    """
+    from .engines.reference import ReferenceEngine
+
+    n_rows = int(n_rows)
+    if not 1 <= n_rows <= inputs.shape[0]:
+        raise GraphChallengeError(f"--truth-inputs must be in 1..{inputs.shape[0]} (the inputs "
+                                  f"of the run; got {n_rows})")
+    log.info("computing the truth: the reference on the first %d inputs", n_rows)
+    return ReferenceEngine().infer(network.exact_reference, inputs[:n_rows],
+                                   progress=progress).categories
+
+
+def make_report(challenge, inputs, truth, result, tile=1, challenge_edges=None,
+                truth_inputs=None):
+    """Build the RunReport of ``result`` (an InferenceResult on ``inputs``).
+
+    With ``truth_inputs`` K, ``truth`` holds the categories of the first K
+    inputs only and the run is validated on those rows.
+    """
     cfg = challenge.config
     if challenge_edges is None:
         challenge_edges = challenge.network.exact_reference.edges
-    validation = validate(result.categories, truth) if truth is not None else None
+    checked = (result.categories if truth_inputs is None
+               else result.categories[result.categories <= truth_inputs])
+    validation = validate(checked, truth) if truth is not None else None
+    if truth is None:
+        truth_source = None
+    elif truth_inputs is not None:
+        truth_source = f"reference on first {truth_inputs} inputs"
+    else:
+        truth_source = "file"
     n_inputs = inputs.shape[0]
     return RunReport(
         neurons=cfg.neurons, layers=cfg.layers, n_inputs=n_inputs, edges=challenge_edges,
@@ -104,31 +141,38 @@ def make_report(challenge, inputs, truth, result, tile=1, challenge_edges=None):
         validation=validation.to_dict() if validation else None,
         live_rows=result.live_rows, layer_seconds=result.layer_seconds, files=challenge.files,
         categories=result.categories.tolist(), ranks=result.details.get("ranks", 1),
-        rank_seconds=result.details.get("rank_seconds"))
+        rank_seconds=result.details.get("rank_seconds"), truth_source=truth_source,
+        truth_inputs=truth_inputs)
 
 
 def infer_and_validate(challenge, engine="auto", tile=1, progress=False, engine_options=None,
-                       challenge_edges=None):
+                       challenge_edges=None, truth_inputs=None):
     """Run an already loaded :class:`~graphchallenge.network.Challenge`; returns a RunReport.
 
     ``engine`` is a name or an :class:`~graphchallenge.engines.base.Engine`.
     ``challenge_edges`` is the edge count of the original challenge network
     (the rate's numerator); by default that of ``network.exact_reference``.
+    With ``truth_inputs`` K, the truth is :func:`reference_truth` of the
+    first K inputs run (after tiling) instead of ``challenge.truth``.
     """
     engine_obj = (engine if isinstance(engine, engines.Engine)
                   else engines.get_engine(engine, **(engine_options or {})))
     inputs, truth = tile_inputs(challenge.inputs, challenge.truth, tile)
+    if truth_inputs is not None:
+        # Before the timed run: a bad K is reported before minutes of inference.
+        truth = reference_truth(challenge.network, inputs, truth_inputs, progress)
     result = engine_obj.infer(challenge.network, inputs, progress=progress)
-    return make_report(challenge, inputs, truth, result, tile, challenge_edges)
+    return make_report(challenge, inputs, truth, result, tile, challenge_edges, truth_inputs)
 
 
-def load(cfg, data_dir=None, n_inputs=None, network_dir=None):
+def load(cfg, data_dir=None, n_inputs=None, network_dir=None, need_truth=True, progress=False):
     """Load challenge ``cfg`` and, with ``network_dir``, swap in that compact network.
 
     Returns ``(challenge, challenge_edges)``: the edge count of the original
     network, which the challenge rate is always quoted against.
     """
-    challenge = network_mod.load_challenge(cfg, data_dir, n_inputs=n_inputs)
+    challenge = network_mod.load_challenge(cfg, data_dir, n_inputs=n_inputs,
+                                           need_truth=need_truth, progress=progress)
     challenge_edges = challenge.network.edges
     if network_dir is not None:
         from .compress import load_compact
@@ -139,7 +183,7 @@ def load(cfg, data_dir=None, n_inputs=None, network_dir=None):
 
 
 def run(cfg, data_dir=None, engine="auto", n_inputs=None, tile=1, network_dir=None,
-        progress=False, engine_options=None):
+        progress=False, engine_options=None, truth_inputs=None):
     """Load challenge ``cfg`` from ``data_dir``, run it on ``engine`` and validate it.
 
     Parameters
@@ -156,6 +200,11 @@ def run(cfg, data_dir=None, engine="auto", n_inputs=None, tile=1, network_dir=No
     network_dir : path-like, optional
         Run a compact network (see :mod:`graphchallenge.compress`) instead of
         the original; validation is still against the original truth.
+    truth_inputs : int, optional
+        Validate against the float64 reference's categories of the first
+        ``truth_inputs`` inputs (computed here, see :func:`reference_truth`)
+        instead of the truth file, which is then not needed: for sizes and
+        depths where the plain reference on every input is too slow.
 
     Returns
     -------
@@ -163,5 +212,9 @@ def run(cfg, data_dir=None, engine="auto", n_inputs=None, tile=1, network_dir=No
     """
     # The engine first: a missing GPU is reported before minutes of loading.
     engine_obj = engines.get_engine(engine, **(engine_options or {}))
-    challenge, challenge_edges = load(cfg, data_dir, n_inputs, network_dir)
-    return infer_and_validate(challenge, engine_obj, tile, progress, challenge_edges=challenge_edges)
+    challenge, challenge_edges = load(cfg, data_dir, n_inputs, network_dir,
+                                      need_truth=truth_inputs is None, progress=progress)
+    if truth_inputs is not None:
+        challenge.truth = None  # the reference's subset truth replaces the file's
+    return infer_and_validate(challenge, engine_obj, tile, progress,
+                              challenge_edges=challenge_edges, truth_inputs=truth_inputs)

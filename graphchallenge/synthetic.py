@@ -28,8 +28,10 @@ Examples
 """
 
 import functools
+import gzip
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -322,7 +324,16 @@ def _images(neurons, n_images, rng):
     return sp.csr_matrix((np.ones(pixels.size), pixels, indptr), shape=(n_images, neurons))
 
 
-def mnist_like_inputs(neurons, n_inputs, seed=0):
+def _check_square(neurons, n_inputs, seed):
+    side = math.isqrt(int(neurons))
+    if side * side != neurons:
+        raise GraphChallengeError(f"images need a square number of neurons (got {neurons})")
+    if int(n_inputs) < 1:
+        raise GraphChallengeError(f"--inputs must be at least 1 (got {n_inputs})")
+    return int(neurons), int(n_inputs), _check_seed(seed)
+
+
+def mnist_like_inputs(neurons, n_inputs, seed=0, workers=1):
     """Binary MNIST-like images: pen-stroke digits, upsampled and binarised like the real inputs.
 
     Every image is drawn with strokes of a random pen on MNIST's 28 x 28
@@ -338,26 +349,132 @@ def mnist_like_inputs(neurons, n_inputs, seed=0):
         A perfect square (1024, 4096, 16384, 65536).
     n_inputs : int
     seed : int
+    workers : int
+        Processes drawing the images (chunks of 256 images are seeded
+        independently, so the images do not depend on ``workers``).
 
     Returns
     -------
     scipy.sparse.csr_matrix, shape (n_inputs, neurons)
         Values 1.0.
     """
-    side = math.isqrt(int(neurons))
-    if side * side != neurons:
-        raise GraphChallengeError(f"images need a square number of neurons (got {neurons})")
-    if int(n_inputs) < 1:
-        raise GraphChallengeError(f"--inputs must be at least 1 (got {n_inputs})")
-    n_inputs, seed = int(n_inputs), _check_seed(seed)
-    chunks = []
-    for chunk, start in enumerate(range(0, n_inputs, _CHUNK)):
-        rng = np.random.default_rng([seed, _STREAM_IMAGES, chunk])
-        chunks.append(_images(neurons, _CHUNK, rng)[:n_inputs - start])
-    return sp.vstack(chunks, format="csr")
+    neurons, n_inputs, seed = _check_square(neurons, n_inputs, seed)
+    blocks = list(_generated_blocks(neurons, n_inputs, seed, workers=workers))
+    return _assemble_inputs(blocks, neurons)
+
+
+def _image_chunk(neurons, seed, chunk, n_inputs):
+    """Images ``256 * chunk ...`` (at most up to ``n_inputs``): seeded by ``(seed, chunk)`` alone."""
+    rng = np.random.default_rng([seed, _STREAM_IMAGES, chunk])
+    return _images(neurons, _CHUNK, rng)[:n_inputs - chunk * _CHUNK]
+
+
+@dataclass
+class _Block:
+    """Consecutive image chunks drawn by one task: the images, their categories, their TSV."""
+
+    first_row: int
+    row_nnz: np.ndarray  # pixels per image
+    pixels: np.ndarray  # 0-based columns, int32, image after image
+    categories: np.ndarray = None  # 1-based rows (whole-set numbering) alive after every layer
+    members: list = None  # gzip members of the images' TSV lines, one per chunk
+
+
+def _generate_block(neurons, n_inputs, seed, chunks, n_layers=0, bias=0.0, permute=True,
+                    tsv=False):
+    """One task of a generation: draw image chunks ``chunks`` and, with ``n_layers``, their truth.
+
+    The truth is the float64 reference through the first ``n_layers``
+    RadiX-Net layers; rows are independent, so a block's categories are
+    those of the whole set restricted to its rows. With ``tsv``, the images'
+    challenge-format text is compressed here, one gzip member per chunk (a
+    gzip file may hold several members; every reader concatenates them),
+    so that the bytes written do not depend on how chunks are grouped.
+    """
+    images = [_image_chunk(neurons, seed, chunk, n_inputs) for chunk in chunks]
+    first_row = chunks[0] * _CHUNK
+    members = None
+    if tsv:
+        members = [gzip.compress(io.inputs_text(block, chunk * _CHUNK), compresslevel=6, mtime=0)
+                   for chunk, block in zip(chunks, images)]
+    inputs = sp.vstack(images, format="csr")
+    categories = None
+    if n_layers:
+        activations = inputs
+        for k in range(1, n_layers + 1):
+            activations = apply_layer(activations, radixnet_layer(neurons, k, seed, permute), bias)
+        categories = np.flatnonzero(np.diff(activations.indptr)).astype(np.int64) + first_row + 1
+    return _Block(first_row, np.diff(inputs.indptr), inputs.indices.astype(np.int32, copy=False),
+                  categories, members)
+
+
+def _worker_count(workers):
+    if workers is None:
+        workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)
+    if int(workers) < 1:
+        raise GraphChallengeError(f"workers must be at least 1 (got {workers})")
+    return int(workers)
+
+
+def _generated_blocks(neurons, n_inputs, seed, workers=1, n_layers=0, bias=0.0, permute=True,
+                      tsv=False, pool=None):
+    """:func:`_generate_block` over every chunk of ``n_inputs`` images, blocks in row order.
+
+    With several workers, about four tasks per worker balance the load; in
+    one process a task is one chunk, so only one chunk's activations are
+    held at a time. How chunks are grouped never changes what is drawn.
+    ``pool`` is an executor to use (else one is made when ``workers > 1``).
+    """
+    n_chunks = math.ceil(n_inputs / _CHUNK)
+    workers = _worker_count(workers)
+    per_task = 1 if workers == 1 else max(1, math.ceil(n_chunks / (4 * workers)))
+    tasks = [list(range(start, min(start + per_task, n_chunks)))
+             for start in range(0, n_chunks, per_task)]
+    arguments = (neurons, n_inputs, seed)
+    options = {"n_layers": n_layers, "bias": bias, "permute": permute, "tsv": tsv}
+    if workers == 1 and pool is None:
+        for chunks in tasks:
+            yield _generate_block(*arguments, chunks, **options)
+        return
+    own_pool = pool is None
+    if own_pool:
+        pool = _process_pool(workers)
+    try:
+        futures = [pool.submit(_generate_block, *arguments, chunks, **options) for chunks in tasks]
+        for future in futures:
+            yield future.result()
+    finally:
+        if own_pool:
+            pool.shutdown(cancel_futures=True)
+
+
+def _process_pool(workers):
+    """Worker processes for generation (forked where the platform allows: no re-import)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    return ProcessPoolExecutor(workers, mp_context=context)
+
+
+def _assemble_inputs(blocks, neurons):
+    """The CSR input matrix of ``blocks`` (in row order); every value 1."""
+    row_nnz = np.concatenate([block.row_nnz for block in blocks])
+    indptr = np.zeros(row_nnz.size + 1, dtype=np.int64)
+    np.cumsum(row_nnz, out=indptr[1:])
+    index = np.int32 if indptr[-1] < 2**31 else np.int64
+    pixels = np.concatenate([block.pixels for block in blocks]).astype(index, copy=False)
+    return sp.csr_matrix((np.ones(pixels.size), pixels, indptr.astype(index, copy=False)),
+                         shape=(row_nnz.size, neurons))
 
 
 # ---------------------------------------------------------------- whole challenges
+
+#: How a generated challenge is stored: the challenge's TSV files, or binary (see generate_challenge).
+FORMATS = ("tsv", "binary")
+
 
 @dataclass
 class GeneratedChallenge:
@@ -374,6 +491,8 @@ class GeneratedChallenge:
     edges: int
     seconds: float
     generator_version: int = GENERATOR_VERSION
+    format: str = "tsv"
+    workers: int = 1
 
     def to_dict(self):
         return asdict(self)
@@ -381,15 +500,18 @@ class GeneratedChallenge:
     def text(self):
         """The human-readable summary."""
         survived = self.n_categories / self.n_inputs
+        stored = ("challenge TSV files" if self.format == "tsv"
+                  else "binary: CSR inputs, layers rebuilt from the record")
         return "\n".join([
             f"generated    neuron{self.neurons}-l{self.layers} (seed {self.seed}"
             + ("" if self.permute else ", no permutations") + ")",
-            f"data folder  {self.data_dir}",
+            f"data folder  {self.data_dir} ({stored})",
             f"edges        {self.edges:,}",
             f"inputs       {self.n_inputs:,} ({self.input_nnz / self.n_inputs:.1f} pixels per image)",
             f"categories   {self.n_categories} ({survived:.1%} of the inputs), "
             "from the float64 reference",
-            f"time         {self.seconds:.1f} s",
+            f"time         {self.seconds:.1f} s on {self.workers} "
+            + ("process" if self.workers == 1 else "processes"),
         ])
 
 
@@ -398,6 +520,12 @@ def _as_config(cfg):
         return cfg
     neurons, layers = cfg
     return catalog.config(int(neurons), int(layers))
+
+
+def _check_format(fmt):
+    if fmt not in FORMATS:
+        raise GraphChallengeError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
+    return fmt
 
 
 def read_record(data_dir):
@@ -419,27 +547,70 @@ def _write_record(data_dir, record):
     io._write_atomic(Path(data_dir) / RECORD_NAME, lambda handle: handle.write(text))
 
 
-def _parameters(n_inputs, seed, permute):
+def _parameters(n_inputs, seed, permute, fmt="tsv"):
     return {"inputs": int(n_inputs), "seed": int(seed), "permute": bool(permute),
-            "generator_version": GENERATOR_VERSION}
+            "generator_version": GENERATOR_VERSION, "format": fmt}
 
 
-def is_generated(cfg, data_dir, n_inputs, seed=0, permute=True):
+def _entry_format(entry):
+    # Records written before the binary format existed hold TSV files.
+    return entry.get("format", "tsv")
+
+
+def _entry_parameters(entry, keys):
+    return {key: _entry_format(entry) if key == "format" else entry.get(key) for key in keys}
+
+
+def is_generated(cfg, data_dir, n_inputs, seed=0, permute=True, format="tsv"):
     """True when ``data_dir`` holds challenge ``cfg`` generated with exactly these parameters."""
     cfg = _as_config(cfg)
     root = Path(data_dir)
     if not root.is_dir():
         return False
     entry = read_record(root)["neurons"].get(str(cfg.neurons))
-    wanted = _parameters(n_inputs, seed, permute)
+    wanted = _parameters(n_inputs, seed, permute, _check_format(format))
     if not entry or cfg.layers not in entry.get("layers", []):
         return False
-    if {key: entry.get(key) for key in wanted} != wanted:
+    if _entry_parameters(entry, wanted) != wanted:
         return False
     paths = layout.server_paths(cfg, root)
+    if format == "binary":
+        return layout.binary_inputs(cfg, root).is_file() and paths.truth.is_file()
     return (paths.inputs.is_file() and paths.truth.is_file()
             and all((paths.network_dir / cfg.layer_name(k)).is_file()
                     for k in range(1, cfg.layers + 1)))
+
+
+def generated_network(cfg, data_dir):
+    """The network of ``cfg`` in a binary generated folder, rebuilt from its record; else None.
+
+    A binary generated challenge stores no layer files: ``generated.json``
+    names the RadiX-Net (neurons, seed, permutations), whose layers are
+    rebuilt on demand (:class:`RadixNetLayers`), for any depth.
+    """
+    cfg = _as_config(cfg)
+    root = Path(data_dir)
+    if not (root / RECORD_NAME).is_file():
+        return None
+    entry = read_record(root)["neurons"].get(str(cfg.neurons))
+    if not entry or _entry_format(entry) != "binary":
+        return None
+    if entry.get("generator_version") != GENERATOR_VERSION:
+        raise DataError(f"{root / RECORD_NAME}: generated by generator version "
+                        f"{entry.get('generator_version')}, this is version {GENERATOR_VERSION}; "
+                        "generate the challenge again")
+    layers = RadixNetLayers(cfg.neurons, cfg.layers, entry.get("seed", 0),
+                            entry.get("permute", True))
+    return Network(layers, cfg.bias, name=cfg.name, config=cfg)
+
+
+def _generated_files(cfg, root, fmt):
+    """The files a generation of ``cfg.neurons`` in format ``fmt`` writes (any depth's truth aside)."""
+    paths = layout.server_paths(cfg, root)
+    if fmt == "binary":
+        return [layout.binary_inputs(cfg, root)]
+    layers = sorted(paths.network_dir.glob(f"n{cfg.neurons}-l*.tsv")) if paths.network_dir.is_dir() else []
+    return [paths.inputs] + layers
 
 
 def _claim_folder(cfg, root, parameters):
@@ -448,19 +619,21 @@ def _claim_folder(cfg, root, parameters):
     Records the folder as being generated with ``parameters`` before any
     file is written, listing no finished depth for ``cfg.neurons`` but those
     still valid, so that an interrupted generation never looks finished and
-    may be repeated. Returns the record.
+    may be repeated. Files of the other format, if the folder held it, are
+    removed (they were generated, the record says so). Returns the record.
     """
     record = read_record(root)
     key = str(cfg.neurons)
     entry = record["neurons"].get(key)
     paths = layout.server_paths(cfg, root)
     if entry is None:
-        existing = [p for p in (paths.inputs, paths.truth, paths.network_dir) if p.exists()]
+        existing = [p for p in (paths.inputs, layout.binary_inputs(cfg, root), paths.truth,
+                                paths.network_dir) if p.exists()]
         if existing:
             raise DataError(f"{existing[0]} exists and was not generated; generate into another "
                             "--data-dir rather than overwrite challenge files")
         entry = {"layers": []}
-    same = {name: entry.get(name) for name in parameters} == parameters
+    same = _entry_parameters(entry, parameters) == parameters
     kept = []
     for depth in entry.get("layers", []):
         # The truth of another depth stays valid only for the same inputs and network.
@@ -470,15 +643,26 @@ def _claim_folder(cfg, root, parameters):
             (root / catalog.config(cfg.neurons, depth).truth_path).unlink(missing_ok=True)
     record["neurons"][key] = dict(parameters, layers=kept)
     _write_record(root, record)
+    old_format = _entry_format(entry)
+    if "generator_version" in entry and old_format != parameters["format"]:
+        for path in _generated_files(cfg, root, old_format):
+            path.unlink(missing_ok=True)
     return record
 
 
-def generate_challenge(cfg, n_inputs, seed=0, data_dir=None, progress=True, permute=True):
-    """Write a generated challenge (layers, inputs, truth) in the server's layout.
+def _write_layer_file(path, neurons, k, seed, permute):
+    io.write_layer(path, radixnet_layer(neurons, k, seed, permute))
 
-    The layers are generated, written and run through the float64
-    reference one at a time, so even 65536 x 1920 never holds more than one
-    layer; the truth is what the reference gives. ``generated.json`` in the
+
+def generate_challenge(cfg, n_inputs, seed=0, data_dir=None, progress=True, permute=True,
+                       format="tsv", workers=None):
+    """Write a generated challenge (inputs, truth and, as TSV, layers) in the server's layout.
+
+    The images are drawn in independently seeded chunks of 256, and each
+    chunk is run through the float64 reference, layer by layer, in worker
+    processes: the truth is what the reference gives, and neither it nor
+    the files depend on the number of workers. No process holds more than
+    one layer and a block of rows' activations. ``generated.json`` in the
     data folder records the parameters, so that a folder is reused only
     when it holds exactly what is asked for (see :func:`is_generated`).
 
@@ -494,6 +678,15 @@ def generate_challenge(cfg, n_inputs, seed=0, data_dir=None, progress=True, perm
         Draw a progress bar on stderr.
     permute : bool
         See :func:`radixnet_column_indices`.
+    format : {"tsv", "binary"}
+        ``tsv``: the challenge's own files (layer TSVs, gzipped input TSV),
+        which any challenge tool reads. ``binary``: the inputs in the binary
+        CSR format (``mnist/sparse-images-{N}.csr``), no layer files at all
+        (:func:`graphchallenge.network.load_network` rebuilds them from the
+        record), the truth as TSV: 65536 x 1920 as TSV would take about
+        100 GB of text and hours to write; binary takes the inputs' size.
+    workers : int, optional
+        Processes to use; by default every CPU this process may use.
 
     Returns
     -------
@@ -510,27 +703,63 @@ def generate_challenge(cfg, n_inputs, seed=0, data_dir=None, progress=True, perm
     >>> generate_challenge((1024, 12), 200, seed=1, data_dir="gen")  # doctest: +SKIP
     """
     cfg = _as_config(cfg)
+    fmt = _check_format(format)
     if int(n_inputs) < 1:
         raise GraphChallengeError(f"--inputs must be at least 1 (got {n_inputs})")
+    neurons, n_inputs, seed = _check_square(cfg.neurons, n_inputs, seed)
+    workers = _worker_count(workers)
     root = layout.data_dir(data_dir)
-    parameters = _parameters(n_inputs, _check_seed(seed), permute)
+    parameters = _parameters(n_inputs, seed, permute, fmt)
     paths = layout.server_paths(cfg, root)
+    tsv = fmt == "tsv"
     try:
         root.mkdir(parents=True, exist_ok=True)
         record = _claim_folder(cfg, root, parameters)
-        with Timer() as timer, tqdm(total=cfg.layers + 2, unit="file", desc=f"generate {cfg.name}",
-                                    disable=not progress, leave=False) as bar:
-            inputs = mnist_like_inputs(cfg.neurons, n_inputs, seed)
-            io.write_inputs(paths.inputs, inputs)
-            bar.update()
-            activations = inputs
-            for k, weights in enumerate(RadixNetLayers(cfg.neurons, cfg.layers, seed, permute), 1):
-                io.write_layer(paths.network_dir / cfg.layer_name(k), weights)
-                activations = apply_layer(activations, weights, cfg.bias)
-                bar.update()
-            categories = np.flatnonzero(np.diff(activations.indptr)) + 1
+        pool = _process_pool(workers) if workers > 1 else None
+        with Timer() as timer, tqdm(total=n_inputs + (cfg.layers if tsv else 0), unit="step",
+                                    desc=f"generate {cfg.name}", disable=not progress,
+                                    leave=False) as bar:
+            try:
+                layer_jobs = []
+                if tsv:
+                    # Layer files are independent of the rows: written side by side with them.
+                    submit = pool.submit if pool else (lambda f, *a: f(*a))
+                    for k in range(1, cfg.layers + 1):
+                        layer_jobs.append(submit(_write_layer_file,
+                                                 paths.network_dir / cfg.layer_name(k),
+                                                 neurons, k, seed, permute))
+                        if pool is None:
+                            bar.update()
+                blocks = _generated_blocks(neurons, n_inputs, seed, workers, cfg.layers, cfg.bias,
+                                           permute, tsv=tsv, pool=pool)
+                kept = []
+
+                def collect(handle=None):
+                    for block in blocks:
+                        if handle is not None:
+                            for member in block.members:
+                                handle.write(member)
+                            block.members = None
+                        kept.append(block)
+                        bar.update(block.row_nnz.size)
+
+                if tsv:
+                    io._write_atomic(paths.inputs, collect)
+                else:
+                    collect()
+                for job in layer_jobs:
+                    if pool is not None:
+                        job.result()
+                        bar.update()
+            finally:
+                if pool is not None:
+                    pool.shutdown(cancel_futures=True)
+            categories = np.concatenate([block.categories for block in kept])
+            inputs = _assemble_inputs(kept, neurons)
+            del kept
+            if not tsv:
+                io.save_csr(layout.binary_inputs(cfg, root), inputs)
             io.write_categories(paths.truth, categories)
-            bar.update()
         entry = record["neurons"][str(cfg.neurons)]
         entry["layers"] = sorted(set(entry["layers"]) | {cfg.layers})
         _write_record(root, record)
@@ -539,9 +768,10 @@ def generate_challenge(cfg, n_inputs, seed=0, data_dir=None, progress=True, perm
         raise DataError(f"cannot write the generated challenge: {where}: "
                         f"{exc.strerror or exc}") from None
     return GeneratedChallenge(
-        neurons=cfg.neurons, layers=cfg.layers, n_inputs=int(n_inputs), seed=int(seed),
+        neurons=cfg.neurons, layers=cfg.layers, n_inputs=n_inputs, seed=seed,
         permute=bool(permute), data_dir=str(root), n_categories=int(categories.size),
-        input_nnz=int(inputs.nnz), edges=cfg.edges, seconds=timer.seconds)
+        input_nnz=int(inputs.nnz), edges=cfg.edges, seconds=timer.seconds, format=fmt,
+        workers=workers)
 
 
 def demo_folder(data_dir, cfg, n_inputs, seed):
