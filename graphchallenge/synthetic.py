@@ -499,7 +499,6 @@ class GeneratedChallenge:
 
     def text(self):
         """The human-readable summary."""
-        survived = self.n_categories / self.n_inputs
         stored = ("challenge TSV files" if self.format == "tsv"
                   else "binary: CSR inputs, layers rebuilt from the record")
         return "\n".join([
@@ -508,8 +507,9 @@ class GeneratedChallenge:
             f"data folder  {self.data_dir} ({stored})",
             f"edges        {self.edges:,}",
             f"inputs       {self.n_inputs:,} ({self.input_nnz / self.n_inputs:.1f} pixels per image)",
-            f"categories   {self.n_categories} ({survived:.1%} of the inputs), "
-            "from the float64 reference",
+            (f"categories   {self.n_categories} ({self.n_categories / self.n_inputs:.1%} of the "
+             "inputs), from the float64 reference" if self.n_categories is not None
+             else "categories   no truth computed (validate with run --truth-inputs K)"),
             f"time         {self.seconds:.1f} s on {self.workers} "
             + ("process" if self.workers == 1 else "processes"),
         ])
@@ -655,7 +655,7 @@ def _write_layer_file(path, neurons, k, seed, permute):
 
 
 def generate_challenge(cfg, n_inputs, seed=0, data_dir=None, progress=True, permute=True,
-                       format="tsv", workers=None):
+                       format="tsv", workers=None, truth=True):
     """Write a generated challenge (inputs, truth and, as TSV, layers) in the server's layout.
 
     The images are drawn in independently seeded chunks of 256, and each
@@ -687,6 +687,11 @@ def generate_challenge(cfg, n_inputs, seed=0, data_dir=None, progress=True, perm
         100 GB of text and hours to write; binary takes the inputs' size.
     workers : int, optional
         Processes to use; by default every CPU this process may use.
+    truth : bool
+        Run the reference and write the truth. Without it only the network
+        and the inputs are written (no depth is recorded as finished), for
+        runs that validate on a subset (``run --truth-inputs K``) at sizes
+        where the reference on every input would take hours.
 
     Returns
     -------
@@ -730,8 +735,9 @@ def generate_challenge(cfg, n_inputs, seed=0, data_dir=None, progress=True, perm
                                                  neurons, k, seed, permute))
                         if pool is None:
                             bar.update()
-                blocks = _generated_blocks(neurons, n_inputs, seed, workers, cfg.layers, cfg.bias,
-                                           permute, tsv=tsv, pool=pool)
+                blocks = _generated_blocks(neurons, n_inputs, seed, workers,
+                                           cfg.layers if truth else 0, cfg.bias, permute,
+                                           tsv=tsv, pool=pool)
                 kept = []
 
                 def collect(handle=None):
@@ -754,22 +760,26 @@ def generate_challenge(cfg, n_inputs, seed=0, data_dir=None, progress=True, perm
             finally:
                 if pool is not None:
                     pool.shutdown(cancel_futures=True)
-            categories = np.concatenate([block.categories for block in kept])
+            categories = (np.concatenate([block.categories for block in kept]) if truth
+                          else None)
             inputs = _assemble_inputs(kept, neurons)
             del kept
             if not tsv:
                 io.save_csr(layout.binary_inputs(cfg, root), inputs)
-            io.write_categories(paths.truth, categories)
-        entry = record["neurons"][str(cfg.neurons)]
-        entry["layers"] = sorted(set(entry["layers"]) | {cfg.layers})
-        _write_record(root, record)
+            if truth:
+                io.write_categories(paths.truth, categories)
+        if truth:
+            entry = record["neurons"][str(cfg.neurons)]
+            entry["layers"] = sorted(set(entry["layers"]) | {cfg.layers})
+            _write_record(root, record)
     except OSError as exc:
         where = exc.filename or root
         raise DataError(f"cannot write the generated challenge: {where}: "
                         f"{exc.strerror or exc}") from None
     return GeneratedChallenge(
         neurons=cfg.neurons, layers=cfg.layers, n_inputs=n_inputs, seed=seed,
-        permute=bool(permute), data_dir=str(root), n_categories=int(categories.size),
+        permute=bool(permute), data_dir=str(root),
+        n_categories=int(categories.size) if truth else None,
         input_nnz=int(inputs.nnz), edges=cfg.edges, seconds=timer.seconds, format=fmt,
         workers=workers)
 

@@ -451,7 +451,8 @@ def run_table(configs=None, data_dir=None, engines_wanted=("auto",), n_inputs=No
                         cfg, root, need_truth=truth_inputs is None):
                     generation_error = _generate(cfg, root, seed, generate_format,
                                                  generate_inputs or n_inputs or catalog.N_IMAGES,
-                                                 memory_budget_gb, progress, env, echo) or ""
+                                                 truth_inputs is None, memory_budget_gb, progress,
+                                                 env, echo) or ""
                 if generation_error:
                     row = TableRow(cfg.neurons, cfg.layers, cfg.edges, n_inputs, engine,
                                    note=f"generation failed: {generation_error}")
@@ -493,13 +494,20 @@ def _run_one(cfg, engine, root, n_inputs, truth_inputs, memory_budget_gb, progre
     return _parse_run(cfg, engine, outcome, root, n_inputs)
 
 
-def _generate(cfg, root, seed, fmt, n_inputs, memory_budget_gb, progress, env, echo):
-    """Generate ``cfg`` into ``root`` in a child; returns None, or why it failed."""
+def _generate(cfg, root, seed, fmt, n_inputs, truth, memory_budget_gb, progress, env, echo):
+    """Generate ``cfg`` into ``root`` in a child; returns None, or why it failed.
+
+    Without ``truth`` (the runs compute their own on a subset) the
+    generation skips the reference, the part that grows with depth.
+    """
     if echo:
-        _say(f"    generating {cfg.name} ({n_inputs:,} inputs, {fmt}) into {root}")
+        _say(f"    generating {cfg.name} ({n_inputs:,} inputs, {fmt}"
+             + ("" if truth else ", no truth") + f") into {root}")
     command = _command("generate", "--neurons", cfg.neurons, "--layers", cfg.layers,
                        "--inputs", n_inputs, "--seed", seed, "--format", fmt, "--data-dir", root,
                        "--json", _progress_flag(progress))
+    if not truth:
+        command.append("--no-truth")
     outcome = run_child(command, memory_budget_gb, forward_stderr=progress, env=env)
     if outcome.returncode != 0 or outcome.over_budget:
         return outcome.reason

@@ -205,3 +205,14 @@ def test_truth_inputs_beyond_the_run_is_one_clear_error(data, capsys):
                  "--inputs", "10", "--truth-inputs", "11"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--truth-inputs" in err
+
+
+def test_generation_for_a_subset_truth_writes_no_truth(tmp_path):
+    root = tmp_path / "subset"
+    cfg = catalog.config(1024, 5)
+    report = table.run_table([cfg], root, ["reference"], generate=True, generate_inputs=48,
+                             truth_inputs=20)
+    row = report.rows[0]
+    assert row.result == "PASS" and row.truth == "reference on first 20 inputs"
+    assert not (root / cfg.truth_path).exists()
+    assert not synthetic.is_generated(cfg, root, 48, format="binary")

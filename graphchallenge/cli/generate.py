@@ -19,6 +19,9 @@ def add_arguments(parser):
                         help="tsv (default): the challenge's own files, which any challenge "
                              "tool reads; binary: CSR inputs and no layer files (rebuilt from "
                              "the record), for sizes whose TSV would take hours and 100 GB")
+    parser.add_argument("--no-truth", dest="truth", action="store_false",
+                        help="write no truth (no reference run): for sizes validated with "
+                             "`run --truth-inputs K`")
     parser.add_argument("--workers", type=int, default=None, metavar="P",
                         help="processes to use (default: every CPU; the files do not depend on it)")
     _common.add_data_dir(parser)
@@ -32,6 +35,7 @@ def main(args):
     report = synthetic.generate_challenge(cfg, args.inputs, seed=args.seed,
                                           data_dir=_common.resolve_data_dir(args),
                                           progress=_common.progress(args), permute=args.permute,
-                                          format=args.format, workers=args.workers)
+                                          format=args.format, workers=args.workers,
+                                          truth=args.truth)
     _common.emit(args, report.to_dict(), report.text())
     return EXIT_OK
