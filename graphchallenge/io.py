@@ -588,8 +588,7 @@ def read_layers(paths, shapes, cache=True, threads=None, progress=False):
     return layers
 
 
-def read_inputs(path, neurons, n_inputs=None, cache=True, progress=False,
-                block_bytes=INPUT_BLOCK_BYTES):
+def read_inputs(path, neurons, n_inputs=None, cache=True, progress=False, block_bytes=None):
     """Read the input images as an ``n_inputs x neurons`` CSR matrix.
 
     The row count is the largest row index in the file (as in the reference),
@@ -608,9 +607,9 @@ def read_inputs(path, neurons, n_inputs=None, cache=True, progress=False,
         Keep the parsed TSV in the binary cache.
     progress : bool
         Draw a progress bar on stderr while the text is parsed.
-    block_bytes : int
-        Text parsed at a time: the file is read and converted block by block
-        (:data:`INPUT_BLOCK_BYTES`), never whole.
+    block_bytes : int, optional
+        Text parsed at a time (default :data:`INPUT_BLOCK_BYTES`): the file
+        is read and converted block by block, never whole.
     """
     path = Path(path)
     _require_file(path)
@@ -624,7 +623,8 @@ def read_inputs(path, neurons, n_inputs=None, cache=True, progress=False,
     else:
         def build():
             try:
-                return _inputs_from_blocks(path, _blocks_fast(path, block_bytes), neurons, progress)
+                blocks = _blocks_fast(path, block_bytes or INPUT_BLOCK_BYTES)
+                return _inputs_from_blocks(path, blocks, neurons, progress)
             except _NotFast:
                 return _inputs_from_blocks(path, _blocks_slow(path), neurons, progress)
 
