@@ -88,13 +88,16 @@ class TableReport:
     """The outcome of :func:`run_table`; ``to_dict()`` is what ``--json`` prints.
 
     ``rows`` are those of the configurations asked for (measured now or
-    read back from the CSV); ``ran`` and ``reused`` count each kind.
+    read back from the CSV); ``ran`` and ``reused`` count each kind;
+    ``file_rows`` is every row of the CSV file after the call (what
+    ``--plot`` draws: the whole table, measured over several calls).
     """
 
     rows: list
     ran: int = 0
     reused: int = 0
     csv: str = None
+    file_rows: list = None
 
     @property
     def passed(self):
@@ -471,7 +474,8 @@ def run_table(configs=None, data_dir=None, engines_wanted=("auto",), n_inputs=No
                      + (f", peak {row.peak_rss_gb:.2f} GB" if row.peak_rss_gb is not None else "")
                      + (f" ({row.note})" if row.note and row.result != "PASS" else ""))
     return TableReport(rows=asked, ran=ran, reused=reused,
-                       csv=str(out_csv) if out_csv is not None else None)
+                       csv=str(out_csv) if out_csv is not None else None,
+                       file_rows=rows if out_csv is not None else asked)
 
 
 def _say(line):

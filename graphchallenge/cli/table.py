@@ -47,8 +47,8 @@ def add_arguments(parser):
     parser.add_argument("--memory-budget", type=float, default=None, metavar="GB",
                         help="kill a run whose resident memory passes GB (its row says so)")
     parser.add_argument("--plot", default=None, metavar="FILE.png",
-                        help="draw edges/s against edges x inputs, one line per engine "
-                             "(needs matplotlib)")
+                        help="draw edges/s against edges x inputs, one line per engine, for "
+                             "every row of --csv (needs matplotlib)")
     _common.add_json(parser)
     _common.add_quiet(parser)
 
@@ -76,6 +76,6 @@ def main(args):
     if args.plot:
         from ..plot import plot_table
 
-        plot_table(report.rows, args.plot)
+        plot_table(report.file_rows, args.plot)
     _common.emit(args, report.to_dict(), report.markdown())
     return EXIT_OK if report.passed else EXIT_FAIL
