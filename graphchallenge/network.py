@@ -193,6 +193,27 @@ def load_network(cfg, root=None, cache=True, lazy=None, progress=False):
     return Network(layers, cfg.bias, name=cfg.name, config=cfg)
 
 
+def has_challenge(cfg, root, need_truth=True):
+    """True when ``root`` holds what a run of ``cfg`` needs (network, inputs and the truth)."""
+    from . import synthetic  # synthetic builds on this module: imported when needed
+
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    try:
+        generated = synthetic.generated_network(cfg, root)
+    except DataError:
+        return False
+    if generated is None:
+        folder = layout.find_network_dir(cfg, root)
+        if folder is None or not all((folder / cfg.layer_name(k)).is_file()
+                                     for k in range(1, cfg.layers + 1)):
+            return False
+    if layout.find_inputs(cfg, root) is None:
+        return False
+    return not need_truth or layout.find_truth(cfg, root) is not None
+
+
 def load_challenge(cfg, root=None, n_inputs=None, cache=True, lazy=None, need_truth=True,
                    progress=False):
     """Load network, inputs and truth of ``cfg`` from a data folder.

@@ -36,7 +36,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from . import catalog, engines, io, layout
+from . import catalog, engines, io, layout, network
 from .errors import DataError, GraphChallengeError
 
 log = logging.getLogger(__name__)
@@ -303,27 +303,6 @@ def _child_env():
 
 # ---------------------------------------------------------------- data
 
-def has_challenge(cfg, root, need_truth=True):
-    """True when ``root`` holds what a run of ``cfg`` needs (network, inputs and the truth)."""
-    from . import synthetic
-
-    root = Path(root)
-    if not root.is_dir():
-        return False
-    try:
-        generated = synthetic.generated_network(cfg, root)
-    except DataError:
-        return False
-    if generated is None:
-        folder = layout.find_network_dir(cfg, root)
-        if folder is None or not all((folder / cfg.layer_name(k)).is_file()
-                                     for k in range(1, cfg.layers + 1)):
-            return False
-    if layout.find_inputs(cfg, root) is None:
-        return False
-    return not need_truth or layout.find_truth(cfg, root) is not None
-
-
 def _truth_label(cfg, root, source):
     """The ``truth`` column: where a run's truth came from."""
     from . import synthetic
@@ -450,7 +429,7 @@ def run_table(configs=None, data_dir=None, engines_wanted=("auto",), n_inputs=No
                 row = TableRow(cfg.neurons, cfg.layers, cfg.edges, n_inputs, engine,
                                note=engine_error)
             else:
-                if generate and generation_error is None and not has_challenge(
+                if generate and generation_error is None and not network.has_challenge(
                         cfg, root, need_truth=truth_inputs is None):
                     generation_error = _generate(cfg, root, seed, generate_format,
                                                  generate_inputs or n_inputs or catalog.N_IMAGES,
