@@ -216,3 +216,36 @@ def test_generation_for_a_subset_truth_writes_no_truth(tmp_path):
     assert row.result == "PASS" and row.truth == "reference on first 20 inputs"
     assert not (root / cfg.truth_path).exists()
     assert not synthetic.is_generated(cfg, root, 48, format="binary")
+
+
+def test_an_interrupted_table_keeps_its_finished_rows_and_resumes(data, tmp_path, monkeypatch):
+    out = tmp_path / "results.csv"
+    real_run_child = table.run_child
+    calls = []
+
+    def interrupted_at_the_second(command, *args, **kwargs):
+        calls.append(command)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run_child(command, *args, **kwargs)
+
+    monkeypatch.setattr(table, "run_child", interrupted_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        table.run_table(SMALL, data, ["reference"], out_csv=out)
+    assert [(row.layers, row.result) for row in table.read_csv(out)] == [(4, "PASS")]
+    assert not list(tmp_path.glob(".*.part")), "a temporary file was left behind"
+    monkeypatch.setattr(table, "run_child", real_run_child)
+    resumed = table.run_table(SMALL, data, ["reference"], out_csv=out)
+    assert resumed.reused == 1 and resumed.ran == 1
+    assert [(row.layers, row.result) for row in table.read_csv(out)] == [(4, "PASS"), (6, "PASS")]
+
+
+def test_run_child_measures_the_childs_own_peak_memory():
+    import sys
+
+    big = table.run_child([sys.executable, "-c", "b = bytearray(300 * 10**6); print(len(b))"])
+    small = table.run_child([sys.executable, "-c", "print(1)"])
+    assert big.returncode == 0 and big.stdout.strip() == str(300 * 10**6)
+    assert big.peak_rss_gb > 0.3 > small.peak_rss_gb
+    failed = table.run_child([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    assert failed.returncode < 0 and "SIGKILL" in failed.reason
