@@ -27,6 +27,7 @@ Examples
 (32, 65536)
 """
 
+import collections
 import functools
 import gzip
 import json
@@ -441,9 +442,15 @@ def _generated_blocks(neurons, n_inputs, seed, workers=1, n_layers=0, bias=0.0, 
     if own_pool:
         pool = _process_pool(workers)
     try:
-        futures = [pool.submit(_generate_block, *arguments, chunks, **options) for chunks in tasks]
-        for future in futures:
-            yield future.result()
+        # A window of tasks in flight, results dropped once yielded: the
+        # finished blocks waiting for the consumer stay few, whatever the size.
+        pending = collections.deque()
+        for chunks in tasks:
+            pending.append(pool.submit(_generate_block, *arguments, chunks, **options))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
     finally:
         if own_pool:
             pool.shutdown(cancel_futures=True)
@@ -738,21 +745,29 @@ def generate_challenge(cfg, n_inputs, seed=0, data_dir=None, progress=True, perm
                 blocks = _generated_blocks(neurons, n_inputs, seed, workers,
                                            cfg.layers if truth else 0, cfg.bias, permute,
                                            tsv=tsv, pool=pool)
-                kept = []
+                found, input_nnz = [], 0
 
-                def collect(handle=None):
+                def arriving():
+                    nonlocal input_nnz
                     for block in blocks:
-                        if handle is not None:
+                        if block.categories is not None:
+                            found.append(block.categories)
+                        input_nnz += block.pixels.size
+                        bar.update(block.row_nnz.size)
+                        yield block
+
+                # The inputs go to disk block by block: never assembled in memory.
+                if tsv:
+                    def write_members(handle):
+                        for block in arriving():
                             for member in block.members:
                                 handle.write(member)
-                            block.members = None
-                        kept.append(block)
-                        bar.update(block.row_nnz.size)
 
-                if tsv:
-                    io._write_atomic(paths.inputs, collect)
+                    io._write_atomic(paths.inputs, write_members)
                 else:
-                    collect()
+                    io.save_csr_rows(layout.binary_inputs(cfg, root),
+                                     ((block.row_nnz, block.pixels) for block in arriving()),
+                                     neurons)
                 for job in layer_jobs:
                     if pool is not None:
                         job.result()
@@ -760,12 +775,7 @@ def generate_challenge(cfg, n_inputs, seed=0, data_dir=None, progress=True, perm
             finally:
                 if pool is not None:
                     pool.shutdown(cancel_futures=True)
-            categories = (np.concatenate([block.categories for block in kept]) if truth
-                          else None)
-            inputs = _assemble_inputs(kept, neurons)
-            del kept
-            if not tsv:
-                io.save_csr(layout.binary_inputs(cfg, root), inputs)
+            categories = np.concatenate(found) if truth else None
             if truth:
                 io.write_categories(paths.truth, categories)
         if truth:
@@ -780,7 +790,7 @@ def generate_challenge(cfg, n_inputs, seed=0, data_dir=None, progress=True, perm
         neurons=cfg.neurons, layers=cfg.layers, n_inputs=n_inputs, seed=seed,
         permute=bool(permute), data_dir=str(root),
         n_categories=int(categories.size) if truth else None,
-        input_nnz=int(inputs.nnz), edges=cfg.edges, seconds=timer.seconds, format=fmt,
+        input_nnz=int(input_nnz), edges=cfg.edges, seconds=timer.seconds, format=fmt,
         workers=workers)
 
 

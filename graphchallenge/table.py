@@ -10,8 +10,8 @@ This is the library call behind ``graphchallenge table``::
 Every (configuration, engine) runs as ``python -m graphchallenge run ...
 --json`` in a child process of its own, so that
 
-* the row's peak resident memory is the child's own (``os.wait4`` returns
-  its ``ru_maxrss``), not that of every row before it;
+* the row's peak resident memory is the child's own (its ``VmHWM``), not
+  that of every row before it;
 * a child that crashes, runs out of memory or exceeds ``memory_budget_gb``
   (its resident memory is polled and it is killed past the budget) becomes
   an ``ERROR`` row with the reason, and the other rows are unaffected;
@@ -211,25 +211,34 @@ class ChildOutcome:
         return lines[-1][:200] if lines else f"exit status {self.returncode}"
 
 
-def _resident_bytes(pid):
+def _memory_bytes(pid):
+    """``(VmRSS, VmHWM)`` of process ``pid`` in bytes: resident now and its peak; None if gone."""
+    values = {}
     try:
         with open(f"/proc/{pid}/status") as handle:
             for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    values[line[:5]] = int(line.split()[1]) * 1024
     except (OSError, ValueError):
-        pass
-    return None
+        return None
+    if len(values) < 2:  # a zombie has no memory lines left
+        return None
+    return values["VmRSS"], values["VmHWM"]
 
 
 def run_child(command, memory_budget_gb=None, forward_stderr=False, env=None):
     """Run ``command``, measuring its peak resident memory; returns a :class:`ChildOutcome`.
 
-    With ``memory_budget_gb`` the child's resident memory is polled and the
-    child killed when it passes the budget (a polled limit, unlike
-    ``RLIMIT_AS``, which counts the address space numba and pyarrow reserve
-    but never touch). With ``forward_stderr`` the child's stderr (its
-    progress bars) is copied to ours as it comes.
+    The peak is the child's own high-water mark (``VmHWM``), polled every
+    50 ms while it runs. Not ``ru_maxrss`` from ``wait4`` alone: on Linux the
+    kernel folds the parent's peak into it when the child execs, so every
+    row would show at least the parent's memory; ``ru_maxrss`` serves only
+    for a child too short to be polled. With ``memory_budget_gb`` the
+    child's resident memory is checked at each poll and the child killed
+    when it passes the budget (a polled limit, unlike ``RLIMIT_AS``, which
+    counts the address space numba and pyarrow reserve but never touch).
+    With ``forward_stderr`` the child's stderr (its progress bars) is copied
+    to ours as it comes.
     """
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -249,26 +258,28 @@ def run_child(command, memory_budget_gb=None, forward_stderr=False, env=None):
             err_tail.extend(chunk)
             del err_tail[:-_STDERR_TAIL]
 
-    readers = [threading.Thread(target=read_stdout, daemon=True),
-               threading.Thread(target=read_stderr, daemon=True)]
-    for reader in readers:
-        reader.start()
     over_budget = threading.Event()
     finished = threading.Event()
+    peak = [None]
+    limit = memory_budget_gb * 1e9 if memory_budget_gb is not None else None
 
     def watch():
-        limit = memory_budget_gb * 1e9
-        while not finished.wait(_RSS_POLL_SECONDS):
-            rss = _resident_bytes(proc.pid)
-            if rss is not None and rss > limit:
-                over_budget.set()
-                proc.kill()
+        while True:
+            memory = _memory_bytes(proc.pid)
+            if memory is not None:
+                rss, hwm = memory
+                peak[0] = max(peak[0] or 0, hwm)
+                if limit is not None and rss > limit:
+                    over_budget.set()
+                    proc.kill()
+                    return
+            if finished.wait(_RSS_POLL_SECONDS):
                 return
 
-    watcher = None
-    if memory_budget_gb is not None:
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
+    threads = [threading.Thread(target=target, daemon=True)
+               for target in (read_stdout, read_stderr, watch)]
+    for thread in threads:
+        thread.start()
     try:
         _, status, usage = os.wait4(proc.pid, 0)
     except BaseException:
@@ -279,14 +290,15 @@ def run_child(command, memory_budget_gb=None, forward_stderr=False, env=None):
         finished.set()
     # wait4 reaped the child: tell Popen, so that it never waits for it again.
     proc.returncode = os.waitstatus_to_exitcode(status)
-    for thread in readers + ([watcher] if watcher else []):
+    for thread in threads:
         thread.join()
     proc.stdout.close()
     proc.stderr.close()
-    return ChildOutcome(returncode=proc.returncode, stdout=b"".join(out_chunks).decode(errors="replace"),
-                        stderr=err_tail.decode(errors="replace"),
-                        peak_rss_gb=usage.ru_maxrss * 1024 / 1e9, over_budget=over_budget.is_set(),
-                        seconds=time.perf_counter() - start)
+    peak_bytes = peak[0] if peak[0] is not None else usage.ru_maxrss * 1024
+    return ChildOutcome(returncode=proc.returncode,
+                        stdout=b"".join(out_chunks).decode(errors="replace"),
+                        stderr=err_tail.decode(errors="replace"), peak_rss_gb=peak_bytes / 1e9,
+                        over_budget=over_budget.is_set(), seconds=time.perf_counter() - start)
 
 
 def _command(*args):

@@ -332,3 +332,16 @@ def test_reading_shows_progress_when_asked(tmp_path, rng, capsys):
     assert "read layers" in capsys.readouterr().err
     io.read_inputs(tmp_path / "in.tsv", 16, cache=False)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("limit", [2**31, 10])
+def test_csr_written_a_block_of_rows_at_a_time_reads_back(tmp_path, rng, monkeypatch, limit):
+    # limit 10: the int64 index path of matrices past 2**31 nonzeros, on a small one.
+    monkeypatch.setattr(io, "_INT32_LIMIT", limit)
+    inputs = random_inputs(rng, 50, 64)
+    blocks = [(np.diff(inputs[k:k + 7].indptr), inputs[k:k + 7].indices) for k in range(0, 50, 7)]
+    assert io.save_csr_rows(tmp_path / "x.csr", blocks, 64) == (50, inputs.nnz)
+    back = io.load_csr(tmp_path / "x.csr")
+    assert back.shape == inputs.shape and (back != inputs).nnz == 0
+    assert back.indices.dtype == back.indptr.dtype == (np.int32 if limit > inputs.nnz else np.int64)
+    assert (back @ back.T != inputs @ inputs.T).nnz == 0
