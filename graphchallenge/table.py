@@ -118,7 +118,8 @@ class TableReport:
         for row in self.rows:
             cells = [str(row.neurons), str(row.layers), f"{row.edges:,}",
                      _number(row.inputs, "{:,}"), row.engine, _number(row.infer_seconds, "{:.4g}"),
-                     _number(row.prepare_seconds, "{:.3g}"), _number(row.edges_per_second, "{:.4g}"),
+                     _number(row.prepare_seconds, "{:.3g}"),
+                     _number(row.edges_per_second, "{:.4g}"),
                      _number(row.peak_rss_gb, "{:.2f}"), row.result, row.truth,
                      row.note.replace("|", "/")]
             lines.append("| " + " | ".join(cells) + " |")

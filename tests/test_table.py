@@ -17,7 +17,7 @@ SMALL = [catalog.config(1024, 4), catalog.config(1024, 6)]
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """neuron1024 at depths 4 and 6, 64 inputs, binary; and the truths as a fresh reference gives them."""
+    """neuron1024 at depths 4 and 6, 64 inputs, generated in binary form (seed 4)."""
     root = tmp_path_factory.mktemp("tabledata")
     for cfg in SMALL:
         synthetic.generate_challenge(cfg, 64, seed=4, data_dir=root, progress=False,
@@ -252,5 +252,6 @@ def test_run_child_measures_the_childs_own_peak_memory():
     del bulky
     assert big.returncode == 0 and big.stdout.strip() == str(300 * 10**6)
     assert big.peak_rss_gb > 0.3 and small.peak_rss_gb < 0.1
-    failed = table.run_child([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    failed = table.run_child([sys.executable, "-c",
+                              "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
     assert failed.returncode < 0 and "SIGKILL" in failed.reason

@@ -11,7 +11,8 @@ def _integers(text, option):
     try:
         values = [int(item) for item in text.split(",") if item.strip()]
     except ValueError:
-        raise _common.usage_error(f"{option} takes comma-separated integers (got {text!r})") from None
+        raise _common.usage_error(
+            f"{option} takes comma-separated integers (got {text!r})") from None
     if not values:
         raise _common.usage_error(f"{option} needs at least one value")
     return values
