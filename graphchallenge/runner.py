@@ -8,6 +8,7 @@ This is the library call behind ``graphchallenge run``::
 """
 
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -88,7 +89,22 @@ def tile_inputs(inputs, truth, tile):
     return tiled, truth
 
 
-def reference_truth(network, inputs, n_rows, progress=False):
+#: Rows below which a truth subset is not worth splitting over processes.
+_MIN_TRUTH_ROWS_PER_WORKER = 256
+
+# What forked truth workers read: set before the pool forks, inherited
+# copy-on-write, so no worker receives a pickled copy of the network.
+_TRUTH_JOB = {}
+
+
+def _truth_block(start, stop):
+    from .engines.reference import ReferenceEngine
+
+    network, inputs = _TRUTH_JOB["job"]
+    return ReferenceEngine().infer(network, inputs[start:stop]).categories + start
+
+
+def reference_truth(network, inputs, n_rows, progress=False, workers=None):
     """The float64 reference's categories of the first ``n_rows`` of ``inputs``.
 
     The truth of a run too large for the plain reference on every input:
@@ -96,16 +112,47 @@ def reference_truth(network, inputs, n_rows, progress=False):
     those of the whole run restricted to rows ``<= n_rows``. The reference
     runs on ``network.exact_reference``, so a derived network is checked
     against its original, and a fast engine never against itself.
+
+    ``workers`` processes (default: every CPU this process may use, at most
+    one per 256 rows) take a contiguous block of rows each; they are forked,
+    so they share the loaded network instead of copying it. Where the
+    platform cannot fork, one process does it all.
     """
+    import multiprocessing
+
+    from tqdm import tqdm
+
     from .engines.reference import ReferenceEngine
 
     n_rows = int(n_rows)
     if not 1 <= n_rows <= inputs.shape[0]:
         raise GraphChallengeError(f"--truth-inputs must be in 1..{inputs.shape[0]} (the inputs "
                                   f"of the run; got {n_rows})")
-    log.info("computing the truth: the reference on the first %d inputs", n_rows)
-    return ReferenceEngine().infer(network.exact_reference, inputs[:n_rows],
-                                   progress=progress).categories
+    exact, rows = network.exact_reference, inputs[:n_rows]
+    if workers is None:
+        workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)
+    workers = max(1, min(int(workers), n_rows // _MIN_TRUTH_ROWS_PER_WORKER))
+    if "fork" not in multiprocessing.get_all_start_methods():
+        workers = 1
+    log.info("computing the truth: the reference on the first %d inputs, %d processes",
+             n_rows, workers)
+    if workers == 1:
+        return ReferenceEngine().infer(exact, rows, progress=progress).categories
+    from concurrent.futures import ProcessPoolExecutor
+
+    bounds = np.linspace(0, n_rows, workers + 1).astype(int)
+    _TRUTH_JOB["job"] = (exact, rows)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = [pool.submit(_truth_block, int(a), int(b))
+                       for a, b in zip(bounds[:-1], bounds[1:])]
+            parts = [future.result() for future in tqdm(
+                futures, desc="truth (reference)", unit="block", disable=not progress,
+                leave=False)]
+    finally:
+        _TRUTH_JOB.clear()
+    return np.concatenate(parts).astype(np.int64)
 
 
 def make_report(challenge, inputs, truth, result, tile=1, challenge_edges=None,

@@ -255,3 +255,12 @@ def test_run_child_measures_the_childs_own_peak_memory():
     failed = table.run_child([sys.executable, "-c",
                               "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
     assert failed.returncode < 0 and "SIGKILL" in failed.reason
+
+
+def test_the_truth_subset_split_over_processes_equals_one_process(data, monkeypatch):
+    challenge, _ = runner.load(SMALL[1], data)
+    monkeypatch.setattr(runner, "_MIN_TRUTH_ROWS_PER_WORKER", 8)
+    one = runner.reference_truth(challenge.network, challenge.inputs, 60, workers=1)
+    three = runner.reference_truth(challenge.network, challenge.inputs, 60, workers=3)
+    assert one.tolist() == three.tolist() == challenge.truth[challenge.truth <= 60].tolist()
+    assert one.size > 1 and one.dtype == np.int64
