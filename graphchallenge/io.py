@@ -13,6 +13,7 @@ the TSV's absolute path, size and modification time), so a second load skips
 the text entirely; a changed TSV is never served stale.
 """
 
+import functools
 import gzip
 import hashlib
 import json
@@ -115,7 +116,8 @@ def _require_file(path):
         raise DataError(f"{path}: no such file")
 
 
-def _check_indices(path, name, values, limit):
+def _check_indices(path, name, values, limit, offset=0):
+    """0-based int64 indices from 1-based ``values``; ``offset`` triples precede them in the file."""
     if values.dtype.kind == "i":
         if values.size == 0 or (values.min() >= 1 and (limit is None or values.max() <= limit)):
             return values - 1
@@ -125,8 +127,15 @@ def _check_indices(path, name, values, limit):
     if bad.any():
         where = int(np.flatnonzero(bad)[0])
         bound = f"in 1..{limit}" if limit is not None else ">= 1"
-        raise _index_error(path, where, f"{name} index {values[where]:g} is not an integer {bound}")
+        raise _index_error(path, offset + where,
+                           f"{name} index {values[where]:g} is not an integer {bound}")
     return values.astype(np.int64) - 1
+
+
+def _check_values(path, values, offset=0):
+    if not np.isfinite(values).all():
+        where = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise _index_error(path, offset + where, "value is not finite")
 
 
 def read_triples(path, n_rows=None, n_cols=None):
@@ -158,10 +167,148 @@ def read_triples(path, n_rows=None, n_cols=None):
     rows, cols, values = triples
     rows = _check_indices(path, "row", rows, n_rows)
     cols = _check_indices(path, "column", cols, n_cols)
-    if not np.isfinite(values).all():
-        where = int(np.flatnonzero(~np.isfinite(values))[0])
-        raise _index_error(path, where, "value is not finite")
+    _check_values(path, values)
     return rows, cols, values
+
+
+# ---------------------------------------------------------------- reading in blocks
+
+#: Bytes of text parsed at a time by :func:`read_inputs`: the 65536 input
+#: file (392 million lines) is never held as text or as parsed columns whole.
+#: pyarrow reads ahead a few blocks, so smaller blocks hold less: on the
+#: 60,000 generated neuron1024 inputs, 64 MB blocks peaked at 567 MB
+#: resident, 4 MB blocks at 317 MB and were no slower.
+INPUT_BLOCK_BYTES = 4 << 20
+
+_SLOW_BLOCK_LINES = 1 << 20
+
+
+class _NotFast(Exception):
+    """pyarrow cannot read the file as is: re-read it line by line."""
+
+
+def _is_gzipped(path):
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
+
+
+def _blocks_fast(path, block_bytes):
+    """``(rows, cols, values)`` a block of text at a time through pyarrow's streaming reader."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    names = ["row", "col", "value"]
+    try:
+        stream = pa.input_stream(str(path), compression="gzip" if _is_gzipped(path) else None)
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(column_names=names, block_size=int(block_bytes)),
+            parse_options=pacsv.ParseOptions(delimiter="\t"),
+            convert_options=pacsv.ConvertOptions(
+                column_types={"row": pa.int64(), "col": pa.int64(), "value": pa.float64()}))
+        for batch in reader:
+            columns = [batch.column(k) for k in range(3)]
+            if any(column.null_count for column in columns):
+                raise _NotFast
+            yield tuple(column.to_numpy(zero_copy_only=False) for column in columns)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, EOFError, zlib.error):
+        raise _NotFast from None
+
+
+def _blocks_slow(path, block_lines=None):
+    """``(rows, cols, values)`` ``block_lines`` lines at a time, any whitespace; DataError at a bad line."""
+    rows, cols, values = [], [], []
+
+    def block():
+        arrays = tuple(np.array(column, dtype=np.float64) for column in (rows, cols, values))
+        for column in (rows, cols, values):
+            column.clear()
+        return arrays
+
+    try:
+        with _open_text(path) as handle:
+            for lineno, line in enumerate(handle, 1):
+                fields = line.split()
+                if not fields:
+                    continue
+                if len(fields) != 3:
+                    raise DataError(f"{path}:{lineno}: expected 3 fields (row, column, value), "
+                                    f"got {len(fields)}: {line.strip()[:60]!r}")
+                try:
+                    row, col, value = (float(field) for field in fields)
+                except ValueError:
+                    raise DataError(f"{path}:{lineno}: not a number: {line.strip()[:60]!r}") from None
+                rows.append(row)
+                cols.append(col)
+                values.append(value)
+                if len(rows) >= (block_lines or _SLOW_BLOCK_LINES):
+                    yield block()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot read ({exc}); the file may be truncated or corrupt; "
+                        "delete it and download it again") from None
+    if rows:
+        yield block()
+
+
+def _inputs_from_blocks(path, blocks, neurons, progress=False):
+    """Assemble the CSR input matrix from ``blocks`` of triples, one block in memory at a time.
+
+    Input files list their rows in order: then only the columns (int32)
+    and a count per row are kept, about 4 bytes a pixel instead of the 24 of
+    parsed triples (values are kept only where some pixel is not 1). A file
+    whose rows are out of order falls back on keeping the rows as well.
+    """
+    from tqdm import tqdm
+
+    index = np.int32 if neurons < 2**31 else np.int64
+    pieces = []  # (first_row, row counts or None, rows or None, cols, values or None)
+    offset, last_row, in_order = 0, 0, True
+    with tqdm(desc="read inputs", unit=" pixels", unit_scale=True, disable=not progress,
+              leave=False) as bar:
+        for rows, cols, values in blocks:
+            rows = _check_indices(path, "row", rows, None, offset)
+            cols = _check_indices(path, "column", cols, neurons, offset)
+            _check_values(path, values, offset)
+            offset += rows.size
+            bar.update(rows.size)
+            if rows.size == 0:
+                continue
+            values = None if (values == 1.0).all() else values
+            if in_order and rows[0] >= last_row and (rows.size < 2 or (np.diff(rows) >= 0).all()):
+                counts = np.bincount(rows - rows[0]).astype(np.int64)
+                pieces.append((int(rows[0]), counts, None, cols.astype(index), values))
+                last_row = int(rows[-1])
+            else:
+                in_order = False
+                pieces.append((None, None, rows, cols.astype(index), values))
+    if not pieces:
+        raise DataError(f"{path}: no inputs (empty file)")
+    n_rows = max(first + counts.size if rows is None else int(rows.max()) + 1
+                 for first, counts, rows, _, _ in pieces)
+    indices = np.concatenate([cols for _, _, _, cols, _ in pieces])
+    if all(values is None for _, _, _, _, values in pieces):
+        data = np.ones(indices.size)
+    else:
+        data = np.concatenate([np.ones(cols.size) if values is None else values
+                               for _, _, _, cols, values in pieces])
+    if in_order:
+        row_nnz = np.zeros(n_rows, dtype=np.int64)
+        for first, counts, _, _, _ in pieces:
+            row_nnz[first:first + counts.size] += counts
+        del pieces
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(row_nnz, out=indptr[1:])
+        big = indices.size >= 2**31
+        matrix = sp.csr_matrix((data, indices.astype(np.int64) if big else indices,
+                                indptr if big else indptr.astype(np.int32)),
+                               shape=(n_rows, neurons))
+        # Duplicate (row, col) pairs add up, as MATLAB's sparse() does.
+        matrix.sum_duplicates()
+        return matrix
+    rows = np.concatenate([np.repeat(np.arange(first, first + counts.size), counts)
+                           if rows is None else rows for first, counts, rows, _, _ in pieces])
+    del pieces
+    return _to_csr(rows, indices, data, (n_rows, neurons))
 
 
 # ---------------------------------------------------------------- binary cache
@@ -238,10 +385,11 @@ def save_csr(dest, matrix, key=None):
     matrix = sp.csr_matrix(matrix)
     # One index dtype for both arrays, as scipy expects of a CSR matrix.
     index = np.int32 if matrix.nnz < 2**31 else np.int64
-    arrays = {"indptr": matrix.indptr.astype(index),
-              "indices": matrix.indices.astype(index)}
-    data = matrix.data.astype(np.float64)
-    constant = float(data[0]) if data.size and (data == data[0]).all() else None
+    # copy=False: the 65536 input matrix is gigabytes; a copy per array doubled the peak.
+    arrays = {"indptr": matrix.indptr.astype(index, copy=False),
+              "indices": matrix.indices.astype(index, copy=False)}
+    data = matrix.data.astype(np.float64, copy=False)
+    constant = float(data[0]) if data.size and (data.min() == data.max() == data[0]) else None
     if constant is None:
         arrays["data"] = data
     header = {"version": _CACHE_VERSION, "shape": list(matrix.shape), "key": key,
@@ -259,9 +407,70 @@ def save_csr(dest, matrix, key=None):
         handle.write(len(head).to_bytes(8, "little"))
         handle.write(head)
         for array in arrays.values():
-            handle.write(array.tobytes())
+            handle.write(memoryview(np.ascontiguousarray(array)).cast("B"))
 
     _write_atomic(dest, write)
+
+
+#: Largest nonzero count whose indices fit scipy's int32 index arrays.
+_INT32_LIMIT = 2**31
+_STREAMED_HEAD_BYTES = 4096 - 16
+
+
+def save_csr_rows(dest, blocks, n_cols, value=1.0):
+    """Write a matrix, a block of rows at a time, in :func:`save_csr`'s format (atomically).
+
+    For matrices too large to assemble first (the 60,000 generated inputs of
+    65536 neurons are 392 million pixels): only one block and a count per
+    row are held. Every nonzero holds ``value``, stored once.
+
+    Parameters
+    ----------
+    dest : path-like
+    blocks : iterable of (row_nnz, indices)
+        Rows in order: nonzeros per row, then their 0-based columns.
+    n_cols : int
+    value : float
+
+    Returns
+    -------
+    (n_rows, nnz)
+    """
+    row_counts = []
+    shape = []
+
+    def write(handle):
+        # Indices first (their count is known only at the end), then indptr,
+        # then the header over the space reserved for it: load_csr finds every
+        # array by the offsets the header gives.
+        handle.write(_CACHE_MAGIC)
+        handle.write(_STREAMED_HEAD_BYTES.to_bytes(8, "little"))
+        handle.write(b" " * _STREAMED_HEAD_BYTES)
+        nnz = 0
+        for row_nnz, indices in blocks:
+            handle.write(memoryview(np.ascontiguousarray(indices, dtype=np.int32)).cast("B"))
+            row_counts.append(np.asarray(row_nnz, dtype=np.int64))
+            nnz += int(np.asarray(indices).size)
+        counts = np.concatenate(row_counts) if row_counts else np.zeros(0, dtype=np.int64)
+        # Past int32, scipy needs int64 indices: load_csr widens the stored
+        # int32 ones to the header's index dtype as it reads them.
+        index = np.int32 if nnz < _INT32_LIMIT else np.int64
+        indptr = np.zeros(counts.size + 1, dtype=index)
+        np.cumsum(counts, out=indptr[1:])
+        handle.write(memoryview(indptr).cast("B"))
+        header = {"version": _CACHE_VERSION, "shape": [int(counts.size), int(n_cols)], "key": None,
+                  "index": np.dtype(index).str, "nnz": nnz, "constant": float(value),
+                  "arrays": {"indices": [0, np.dtype(np.int32).str, nnz],
+                             "indptr": [4 * nnz, indptr.dtype.str, indptr.size]}}
+        head = json.dumps(header).encode()
+        if len(head) > _STREAMED_HEAD_BYTES:  # pragma: no cover - a fixed-size header
+            raise ValueError("header does not fit its reserved space")
+        handle.seek(16)
+        handle.write(head)
+        shape[:] = [int(counts.size), nnz]
+
+    _write_atomic(dest, write)
+    return tuple(shape)
 
 
 _CONSTANT_ARRAYS = {}
@@ -396,49 +605,91 @@ def _layer_kind(shape):
     return f"layer{shape[0]}x{shape[1]}"
 
 
-def read_layers(paths, shapes, cache=True, threads=None):
+def read_layers(paths, shapes, cache=True, threads=None, progress=False):
     """Read several layers (:func:`read_layer` each), on ``threads`` threads at once.
 
     pyarrow and the cache reader release the GIL, so the layers of a network
     parse side by side (2.4-2.8x faster than one at a time on the 120 real
     neuron1024 layers with 2 cores). ``threads`` defaults to the CPUs this
-    process may use, at most 8.
+    process may use, at most 8. ``progress`` draws a bar on stderr (layers
+    read from text and cached take seconds at the larger sizes).
     """
     from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
 
     if threads is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         threads = min(8, cpus or 1)
     shapes = [tuple(int(n) for n in shape) for shape in shapes]
-    # Cached layers load faster one after the other than through a pool.
-    layers = [_from_cache(path, _layer_kind(shape)) if cache and Path(path).is_file() else None
-              for path, shape in zip(paths, shapes)]
-    missing = [k for k, layer in enumerate(layers) if layer is None]
-    if threads <= 1 or len(missing) <= 1:
-        parsed = [read_layer(paths[k], shape=shapes[k], cache=cache) for k in missing]
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            parsed = list(pool.map(lambda k: read_layer(paths[k], shape=shapes[k], cache=cache),
-                                   missing))
+    with tqdm(total=len(paths), desc="read layers", unit="layer", disable=not progress,
+              leave=False) as bar:
+        # Cached layers load faster one after the other than through a pool.
+        layers = []
+        for path, shape in zip(paths, shapes):
+            layer = (_from_cache(path, _layer_kind(shape)) if cache and Path(path).is_file()
+                     else None)
+            layers.append(layer)
+            if layer is not None:
+                bar.update()
+        missing = [k for k, layer in enumerate(layers) if layer is None]
+
+        def parse(k):
+            layer = read_layer(paths[k], shape=shapes[k], cache=cache)
+            bar.update()
+            return layer
+
+        if threads <= 1 or len(missing) <= 1:
+            parsed = [parse(k) for k in missing]
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                parsed = list(pool.map(parse, missing))
     for k, layer in zip(missing, parsed):
         layers[k] = layer
     return layers
 
 
-def read_inputs(path, neurons, n_inputs=None, cache=True):
+def read_inputs(path, neurons, n_inputs=None, cache=True, progress=False, block_bytes=None):
     """Read the input images as an ``n_inputs x neurons`` CSR matrix.
 
     The row count is the largest row index in the file (as in the reference),
     unless ``n_inputs`` is given, in which case only the first ``n_inputs``
     rows are kept.
-    """
-    def build():
-        rows, cols, values = read_triples(path, n_cols=neurons)
-        if rows.size == 0:
-            raise DataError(f"{path}: no inputs (empty file)")
-        return _to_csr(rows, cols, values, (int(rows.max()) + 1, neurons))
 
-    matrix = _cached(path, f"inputs{neurons}", build, cache)
+    Parameters
+    ----------
+    path : path-like
+        A TSV (plain or gzipped), or a binary input file
+        (``sparse-images-{N}.csr``, :func:`save_csr`'s format, written by a
+        binary generated challenge), which is read as is.
+    neurons : int
+    n_inputs : int, optional
+    cache : bool
+        Keep the parsed TSV in the binary cache.
+    progress : bool
+        Draw a progress bar on stderr while the text is parsed.
+    block_bytes : int, optional
+        Text parsed at a time (default :data:`INPUT_BLOCK_BYTES`): the file
+        is read and converted block by block, never whole.
+    """
+    path = Path(path)
+    _require_file(path)
+    if path.suffix == ".csr":
+        matrix = load_csr(path)
+        if matrix is None:
+            raise DataError(f"{path}: not a readable binary input file (damaged or truncated); "
+                            "generate it again")
+        if matrix.shape[1] != neurons:
+            raise DataError(f"{path}: holds inputs of {matrix.shape[1]} neurons, not {neurons}")
+    else:
+        def build():
+            try:
+                blocks = _blocks_fast(path, block_bytes or INPUT_BLOCK_BYTES)
+                return _inputs_from_blocks(path, blocks, neurons, progress)
+            except _NotFast:
+                return _inputs_from_blocks(path, _blocks_slow(path), neurons, progress)
+
+        matrix = _cached(path, f"inputs{neurons}", build, cache)
     if n_inputs is not None:
         if n_inputs < 1:
             raise DataError(f"--inputs must be at least 1 (got {n_inputs})")
@@ -480,16 +731,10 @@ def _format_value(value):
     return text if float(text) == value else repr(float(value))
 
 
-def _format_values(values):
-    unique, inverse = np.unique(values, return_inverse=True)
-    text = np.array([_format_value(value) for value in unique])
-    return text[inverse]
-
-
 def write_layer(path, matrix):
     """Write a weight matrix in the challenge's layer format (sorted by column, then row)."""
     coo = sp.csc_matrix(matrix).tocoo()  # CSC order: by column, then row
-    lines = _triples_text(coo.row + 1, coo.col + 1, _format_values(coo.data))
+    lines = _triples_text(coo.row + 1, coo.col + 1, coo.data, _format_value)
     _write_atomic(path, lambda handle: handle.write(lines))
 
 
@@ -505,13 +750,17 @@ def write_inputs(path, matrix, rows_per_chunk=4096):
         stream = (gzip.GzipFile(fileobj=handle, mode="wb", compresslevel=6, mtime=0)
                   if str(path).endswith(".gz") else handle)
         for start in range(0, matrix.shape[0], rows_per_chunk):
-            coo = matrix[start:start + rows_per_chunk].tocoo()
-            values = np.array([f"{value:g}" for value in coo.data]) if coo.nnz else np.array([], dtype=str)
-            stream.write(_triples_text(coo.row + start + 1, coo.col + 1, values))
+            stream.write(inputs_text(matrix[start:start + rows_per_chunk], start))
         if stream is not handle:
             stream.close()
 
     _write_atomic(path, write)
+
+
+def inputs_text(matrix, first_row=0):
+    """The TSV lines (bytes) of input rows ``matrix``, numbered from ``first_row + 1``."""
+    coo = sp.csr_matrix(matrix).tocoo()
+    return _triples_text(coo.row + first_row + 1, coo.col + 1, coo.data, "{:g}".format)
 
 
 def write_categories(path, categories):
@@ -520,5 +769,24 @@ def write_categories(path, categories):
     _write_atomic(path, lambda handle: handle.write(text.encode()))
 
 
-def _triples_text(rows, cols, values):
-    return "".join(f"{r}\t{c}\t{v}\n" for r, c, v in zip(rows.tolist(), cols.tolist(), values.tolist())).encode()
+@functools.lru_cache(maxsize=8)
+def _labels(first, last):
+    """``"k\t"`` for k = first..last, as an object array (a lookup table of index texts)."""
+    return np.array([f"{k}\t" for k in range(first, last + 1)], dtype=object)
+
+
+def _triples_text(rows, cols, values, value_format):
+    """``row<TAB>col<TAB>value`` lines (bytes) of 1-based ``rows``, ``cols`` and float ``values``.
+
+    Every distinct index and value is formatted once and the lines are
+    assembled from those texts: 2.5x faster than formatting line by line
+    (a neuron4096 layer: 0.074 s instead of 0.186 s).
+    """
+    if rows.size == 0:
+        return b""
+    unique, inverse = np.unique(values, return_inverse=True)
+    value_text = np.array([value_format(value) + "\n" for value in unique], dtype=object)
+    row_first, col_first = int(rows.min()), int(cols.min())
+    row_text = _labels(row_first, int(rows.max()))[rows - row_first]
+    col_text = _labels(col_first, int(cols.max()))[cols - col_first]
+    return "".join((row_text + col_text + value_text[inverse.ravel()]).tolist()).encode()

@@ -14,6 +14,11 @@ Two layouts are understood:
       D/neuron1024-l120-categories.tsv
       D/sparse-images-1024.tsv      (or .tsv.gz)
 
+A generated challenge may also be stored in binary form (see
+:mod:`graphchallenge.synthetic`): inputs as ``mnist/sparse-images-{N}.csr``
+(the binary cache's format), the truth as usual, and no layer files: the
+folder's ``generated.json`` names the RadiX-Net that rebuilds them.
+
 The data folder is ``--data-dir``, else ``$GRAPHCHALLENGE_DATA``, else ``./data``.
 """
 
@@ -24,6 +29,9 @@ from pathlib import Path
 from .errors import DataError
 
 DATA_ENV = "GRAPHCHALLENGE_DATA"
+
+#: Suffix of inputs stored in the binary CSR format (:func:`graphchallenge.io.save_csr`).
+BINARY_SUFFIX = ".csr"
 
 
 def data_dir(path=None):
@@ -62,8 +70,13 @@ def _first_existing(candidates):
 
 
 def _inputs_candidates(folder, neurons):
-    stem = f"sparse-images-{neurons}.tsv"
-    return [folder / stem, folder / f"{stem}.gz"]
+    stem = f"sparse-images-{neurons}"
+    return [folder / f"{stem}.tsv", folder / f"{stem}.tsv.gz", folder / f"{stem}{BINARY_SUFFIX}"]
+
+
+def binary_inputs(cfg, root):
+    """Where a binary generated challenge keeps its inputs (the cache's CSR format)."""
+    return Path(root) / "mnist" / f"sparse-images-{cfg.neurons}{BINARY_SUFFIX}"
 
 
 def find_network_dir(cfg, root):
@@ -73,7 +86,7 @@ def find_network_dir(cfg, root):
 
 
 def find_inputs(cfg, root):
-    """The input TSV (plain or gzipped), or None."""
+    """The input file (TSV, gzipped TSV, or binary CSR), or None."""
     root = Path(root)
     return _first_existing(_inputs_candidates(root / "mnist", cfg.neurons)
                            + _inputs_candidates(root, cfg.neurons))

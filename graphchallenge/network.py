@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import catalog, io, layout
+from . import catalog, io, layout, radixnet
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,9 @@ class LayerFiles(Sequence):
             return LayerFiles(self.paths[index], self.shapes[index], self.cache)
         return io.read_layer(self.paths[index], shape=self.shapes[index], cache=self.cache)
 
-    def read_all(self):
+    def read_all(self, progress=False):
         """Every layer, read several at a time (:func:`graphchallenge.io.read_layers`)."""
-        return io.read_layers(self.paths, self.shapes, cache=self.cache)
+        return io.read_layers(self.paths, self.shapes, cache=self.cache, progress=progress)
 
 
 class Network:
@@ -149,7 +149,21 @@ class Challenge:
         return self.inputs.shape[0]
 
 
-def load_network(cfg, root=None, cache=True, lazy=None):
+def generated_network(cfg, data_dir):
+    """The network of ``cfg`` in a binary generated folder, rebuilt from its record; else None.
+
+    A binary generated challenge stores no layer files: ``generated.json``
+    names the RadiX-Net (neurons, seed, permutations), whose layers are
+    rebuilt on demand (:class:`graphchallenge.radixnet.RadixNetLayers`), for
+    any depth.
+    """
+    layers = radixnet.generated_layers(cfg.neurons, cfg.layers, data_dir)
+    if layers is None:
+        return None
+    return Network(layers, cfg.bias, name=cfg.name, config=cfg)
+
+
+def load_network(cfg, root=None, cache=True, lazy=None, progress=False):
     """Load the first ``cfg.layers`` layers of network ``cfg.neurons`` from a data folder.
 
     Parameters
@@ -157,13 +171,27 @@ def load_network(cfg, root=None, cache=True, lazy=None):
     cfg : catalog.Config
     root : path-like, optional
         Data folder (server or flat layout, see :mod:`graphchallenge.layout`).
+        A folder generated in binary form holds no layer files: its layers
+        are rebuilt from the generation record (:func:`generated_network`).
     cache : bool
         Use the binary cache.
     lazy : bool, optional
-        Read layers on demand instead of all at once; by default lazy when
-        the network has more than 2**28 edges.
+        Read (or rebuild) layers on demand instead of all at once; by
+        default lazy when the network has more than 2**28 edges.
+    progress : bool
+        Draw a progress bar on stderr while the layers are read.
     """
     root = layout.data_dir(root)
+    if lazy is None:
+        lazy = cfg.edges > 2**28
+    generated = generated_network(cfg, root) if root.is_dir() else None
+    if generated is not None:
+        if not lazy:
+            from tqdm import tqdm
+
+            generated.layers = list(tqdm(generated.layers, desc="build layers", unit="layer",
+                                         disable=not progress, leave=False))
+        return generated
     folder = layout.require(layout.find_network_dir(cfg, root), "network folder", cfg, root)
     paths = [folder / cfg.layer_name(k) for k in range(1, cfg.layers + 1)]
     missing = [p for p in paths if not p.is_file()]
@@ -171,14 +199,32 @@ def load_network(cfg, root=None, cache=True, lazy=None):
         raise DataError(f"{folder} lacks {len(missing)} of the {cfg.layers} layer files, first "
                         f"{missing[0].name}; download or extract them again")
     layers = LayerFiles(paths, [(cfg.neurons, cfg.neurons)] * cfg.layers, cache=cache)
-    if lazy is None:
-        lazy = cfg.edges > 2**28
     if not lazy:
-        layers = layers.read_all()
+        layers = layers.read_all(progress=progress)
     return Network(layers, cfg.bias, name=cfg.name, config=cfg)
 
 
-def load_challenge(cfg, root=None, n_inputs=None, cache=True, lazy=None, need_truth=True):
+def has_challenge(cfg, root, need_truth=True):
+    """True when ``root`` holds what a run of ``cfg`` needs (network, inputs and the truth)."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    try:
+        generated = generated_network(cfg, root)
+    except DataError:
+        return False
+    if generated is None:
+        folder = layout.find_network_dir(cfg, root)
+        if folder is None or not all((folder / cfg.layer_name(k)).is_file()
+                                     for k in range(1, cfg.layers + 1)):
+            return False
+    if layout.find_inputs(cfg, root) is None:
+        return False
+    return not need_truth or layout.find_truth(cfg, root) is not None
+
+
+def load_challenge(cfg, root=None, n_inputs=None, cache=True, lazy=None, need_truth=True,
+                   progress=False):
     """Load network, inputs and truth of ``cfg`` from a data folder.
 
     Parameters
@@ -188,6 +234,8 @@ def load_challenge(cfg, root=None, n_inputs=None, cache=True, lazy=None, need_tr
         ``<= n_inputs`` to match.
     need_truth : bool
         Raise when the truth file is missing (else ``truth`` is None).
+    progress : bool
+        Draw progress bars on stderr while layers and inputs are read.
     """
     root = layout.data_dir(root)
     if not root.is_dir():
@@ -197,8 +245,9 @@ def load_challenge(cfg, root=None, n_inputs=None, cache=True, lazy=None, need_tr
     truth_path = layout.find_truth(cfg, root)
     if need_truth:
         layout.require(truth_path, "truth (categories) file", cfg, root)
-    network = load_network(cfg, root, cache=cache, lazy=lazy)
-    inputs = io.read_inputs(inputs_path, cfg.neurons, n_inputs=n_inputs, cache=cache)
+    network = load_network(cfg, root, cache=cache, lazy=lazy, progress=progress)
+    inputs = io.read_inputs(inputs_path, cfg.neurons, n_inputs=n_inputs, cache=cache,
+                            progress=progress)
     truth = None
     if truth_path is not None:
         truth = io.read_categories(truth_path)
@@ -207,6 +256,8 @@ def load_challenge(cfg, root=None, n_inputs=None, cache=True, lazy=None, need_tr
         elif truth.size and truth[-1] > inputs.shape[0]:
             raise DataError(f"{truth_path} names row {truth[-1]} but {inputs_path} has only "
                             f"{inputs.shape[0]} inputs")
-    files = {"network": str(layout.find_network_dir(cfg, root)), "inputs": str(inputs_path),
+    network_dir = layout.find_network_dir(cfg, root)
+    files = {"network": str(network_dir) if network_dir else str(root / "generated.json"),
+             "inputs": str(inputs_path),
              "truth": str(truth_path) if truth_path else None}
     return Challenge(cfg, network, inputs, truth, files)

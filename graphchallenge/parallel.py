@@ -215,7 +215,7 @@ class DistributedEngine(Engine):
 
 
 def run(cfg, data_dir=None, engine="auto", n_inputs=None, tile=1, network_dir=None,
-        progress=False, engine_options=None):
+        progress=False, engine_options=None, truth_inputs=None):
     """:func:`graphchallenge.runner.run`, data-parallel over the MPI ranks.
 
     Serial outside an MPI launch. Returns the RunReport on rank 0 and None
@@ -224,17 +224,20 @@ def run(cfg, data_dir=None, engine="auto", n_inputs=None, tile=1, network_dir=No
     comm, rank, size = world()
     if comm is None:
         return runner.run(cfg, data_dir, engine, n_inputs, tile, network_dir, progress,
-                          engine_options)
+                          engine_options, truth_inputs)
     collective = _Collective(comm)
     name = collective("choosing the engine", engines.resolve, engine)
     collective("comparing options", _check_agreement, comm,
-               (cfg.name, name, n_inputs, tile, str(network_dir)), _kind([name]))
+               (cfg.name, name, n_inputs, tile, str(network_dir), truth_inputs), _kind([name]))
     options = collective("choosing the device", _engine_options, name, engine_options, comm)
     engine_obj = collective("starting the engine", engines.get_engine, name, **options)
     challenge, challenge_edges = collective("loading the data", runner.load, cfg, data_dir,
-                                            n_inputs, network_dir)
+                                            n_inputs, network_dir, truth_inputs is None)
+    if truth_inputs is not None:
+        challenge.truth = None
     report = runner.infer_and_validate(challenge, DistributedEngine(engine_obj, comm), tile,
-                                       progress, challenge_edges=challenge_edges)
+                                       progress, challenge_edges=challenge_edges,
+                                       truth_inputs=truth_inputs)
     return report if rank == 0 else None
 
 

@@ -1,4 +1,4 @@
-"""Figures of a run: live rows and time per layer, and survival curves side by side.
+"""Figures: a run's live rows and time per layer, survival curves, the results table's rates.
 
 matplotlib is optional (``pip install graphchallenge[plot]``); it is
 imported only when a figure is asked for, with the non-interactive Agg
@@ -113,5 +113,50 @@ def plot_survival(curves, path, n_inputs=None):
     axis.set_yscale("log")
     axis.grid(True, which="both", alpha=0.3)
     axis.legend()
+    figure.tight_layout()
+    save_figure(plt, figure, path)
+
+
+def plot_table(rows, path):
+    """Draw the results table as the challenge papers do: rate against problem size.
+
+    Parameters
+    ----------
+    rows : list of graphchallenge.table.TableRow
+        Rows without a measured time (errors) are left out.
+    path : path-like
+        Image file.
+
+    Notes
+    -----
+    Log-log, edges/s against ``edges * inputs`` (the work of a
+    configuration), one line per engine, each point labelled with its
+    configuration.
+    """
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(8, 5))
+    by_engine = {}
+    for row in rows:
+        if row.edges_per_second and row.inputs:
+            by_engine.setdefault(row.engine, []).append(row)
+    for engine, engine_rows in by_engine.items():
+        engine_rows.sort(key=lambda row: row.edges * row.inputs)
+        work = [row.edges * row.inputs for row in engine_rows]
+        rates = [row.edges_per_second for row in engine_rows]
+        axis.plot(work, rates, marker="o", label=engine)
+        for row, x, y in zip(engine_rows, work, rates):
+            axis.annotate(f"{row.neurons}x{row.layers}", (x, y), textcoords="offset points",
+                          xytext=(4, 4), fontsize=7)
+    if not by_engine:
+        axis.text(0.5, 0.5, "no row with a measured time", ha="center", va="center",
+                  transform=axis.transAxes)
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("edges x inputs")
+    axis.set_ylabel("edges/s (inference only)")
+    axis.set_title("Sparse DNN Graph Challenge: inference rate")
+    axis.grid(True, which="both", alpha=0.3)
+    if by_engine:
+        axis.legend()
     figure.tight_layout()
     save_figure(plt, figure, path)

@@ -1,4 +1,4 @@
-"""Synthetic challenges: RadiX-Net layers, MNIST-like inputs, reference truth.
+"""Synthetic challenges: RadiX-Net layers (:mod:`graphchallenge.radixnet`), MNIST-like inputs, reference truth.
 
 The challenge's networks are RadiX-Nets (Robinett & Kepner, arXiv
 1905.00416). With ``N = 16 * 2**m`` neurons, ``M = N / 16`` and blocks of
@@ -27,10 +27,12 @@ Examples
 (32, 65536)
 """
 
+import collections
 import functools
+import gzip
 import json
 import math
-from collections.abc import Sequence
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,191 +41,18 @@ import scipy.sparse as sp
 
 from tqdm import tqdm
 
-from . import catalog, io, layout
+from . import catalog, io, layout, radixnet
 from .engines.base import Timer
 from .engines.reference import apply_layer
 from .errors import DataError, GraphChallengeError
 from .network import Network
+# The RadiX-Net names are found here too (synthetic.radixnet_layer, ...), as they always were.
+from .radixnet import (GENERATOR_VERSION, RECORD_NAME, WEIGHT, RadixNetLayers,  # noqa: F401
+                       _STREAM_IMAGES, _check_seed, block_length, radixnet_column_indices,
+                       radixnet_layer, read_record)
 
-#: Recorded in ``generated.json``; bump when the generated files change for the same seed.
-GENERATOR_VERSION = 1
-
-#: Every RadiX-Net weight: 32 inputs of 1/16 sum to 2.
-WEIGHT = 1.0 / 16
-
-#: Name of the record of what a generated data folder holds.
-RECORD_NAME = "generated.json"
-
-_KRON = 16  # the ones(16, 16) Kronecker factor that widens the radix net
 _CANVAS = 28  # MNIST's image side; images are drawn here, then upsampled
 
-# Seed streams: the network's permutations and the images never share random numbers.
-_STREAM_PERMUTATION, _STREAM_IMAGES = 0, 1
-
-
-# ---------------------------------------------------------------- RadiX-Net
-
-def _check_neurons(neurons):
-    neurons = int(neurons)
-    width = neurons // _KRON
-    if neurons % _KRON or width < 2 or width & (width - 1):
-        raise GraphChallengeError(f"a RadiX-Net needs 16 * 2**m neurons with m >= 1 (got {neurons})")
-    return neurons
-
-
-def _check_seed(seed):
-    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-        raise GraphChallengeError(f"--seed must be a non-negative integer (got {seed})")
-    return int(seed)
-
-
-def block_length(neurons):
-    """Layers per RadiX-Net block, ``log2(neurons / 16)`` (6 for neuron1024)."""
-    return int(_check_neurons(neurons) // _KRON).bit_length() - 1
-
-
-@functools.lru_cache(maxsize=4)
-def _block_rows(neurons, block, seed):
-    """How block ``block`` relabels the rows of its base layers.
-
-    Returns ``(row_class, groups)``: layer row ``r`` is base row
-    ``perm[r]``, whose connections depend only on ``perm[r] mod M``
-    (``row_class[r]``); ``groups[q]`` lists, ascending, the 16 rows of
-    class ``q``. Cached because a block's layers share them.
-    """
-    width = neurons // _KRON
-    rows = np.arange(neurons, dtype=np.int32)
-    if block == 0:
-        permutation = rows
-    else:
-        rng = np.random.default_rng([seed, _STREAM_PERMUTATION, block])
-        permutation = rng.permutation(neurons).astype(np.int32)
-    row_class = permutation & (width - 1)  # mod M, M a power of two
-    inverse = np.empty_like(permutation)
-    inverse[permutation] = rows
-    # Base rows of class q are q + j*M, j = 0..15; their layer rows are inverse[q + j*M].
-    groups = np.sort(inverse.reshape(_KRON, width).T, axis=1)
-    for array in (row_class, groups):
-        array.flags.writeable = False
-    return row_class, groups
-
-
-def _layer_position(neurons, k, permute):
-    neurons = _check_neurons(neurons)
-    if int(k) < 1:
-        raise GraphChallengeError(f"layers are numbered from 1 (got {k})")
-    block, base = divmod(int(k) - 1, block_length(neurons))
-    return neurons, (block if permute else 0), 1 << base
-
-
-def radixnet_column_indices(neurons, k, seed=0, permute=True):
-    """The 32 input rows of every output column of RadiX-Net layer ``k``.
-
-    A fixed 32-per-column index table (ELL layout): engines and benchmarks
-    build a layer from it without any file.
-
-    Parameters
-    ----------
-    neurons : int
-        ``16 * 2**m`` (1024, 4096, 16384, 65536 for the challenge).
-    k : int
-        Layer, 1-based.
-    seed : int
-        Seed of the row permutations (ignored without ``permute``).
-    permute : bool
-        Permute the rows of every block after the first, as the challenge
-        does; without it every layer is a base layer.
-
-    Returns
-    -------
-    ndarray of int32, shape (32, neurons)
-        ``table[:, c]`` holds the rows ``r`` with ``W[r, c] != 0``, ascending.
-    """
-    neurons, block, shift = _layer_position(neurons, k, permute)
-    _, groups = _block_rows(neurons, block, _check_seed(seed))
-    # Column c reads base rows of classes c and c + s (mod M): the same 32
-    # rows for all 16 columns of a class, so sort M columns and tile them.
-    per_class = np.sort(np.concatenate([groups, np.roll(groups, -shift, axis=0)], axis=1), axis=1)
-    table = np.empty((per_class.shape[1], _KRON, neurons // _KRON), dtype=np.int32)
-    table[...] = per_class.T[:, None, :]  # a broadcast copy: several times faster than np.tile
-    return table.reshape(per_class.shape[1], neurons)
-
-
-def radixnet_layer(neurons, k, seed=0, permute=True):
-    """RadiX-Net layer ``k`` (1-based) as an ``N x N`` float64 CSR matrix of weights 1/16.
-
-    It holds the same nonzeros as :func:`radixnet_column_indices` (see there
-    for the parameters), built row-wise: row ``r`` of a base layer feeds the
-    columns of classes ``r`` and ``r - s`` (mod M).
-
-    Examples
-    --------
-    >>> w = radixnet_layer(1024, 3)
-    >>> w.getnnz(axis=0).tolist() == w.getnnz(axis=1).tolist() == [32] * 1024
-    True
-    >>> float(w.data.min()), float(w.data.max())
-    (0.0625, 0.0625)
-    """
-    neurons, block, shift = _layer_position(neurons, k, permute)
-    row_class, _ = _block_rows(neurons, block, _check_seed(seed))
-    width = neurons // _KRON
-    classes = np.arange(width, dtype=np.int32)[:, None]
-    spread = np.arange(_KRON, dtype=np.int32)[None, :] * width
-    columns_of_class = np.sort(np.concatenate(
-        [classes + spread, ((classes - shift) & (width - 1)) + spread], axis=1), axis=1)
-    per_row = 2 * _KRON
-    indices = columns_of_class[row_class].ravel()
-    indptr = np.arange(0, per_row * neurons + 1, per_row, dtype=np.int32)
-    layer = sp.csr_matrix((np.full(indices.size, WEIGHT), indices, indptr),
-                          shape=(neurons, neurons))
-    layer.has_sorted_indices = True
-    return layer
-
-
-class RadixNetLayers(Sequence):
-    """RadiX-Net layers generated on demand, so that deep networks stream.
-
-    ``Network(RadixNetLayers(65536, 1920), bias)`` holds one layer at a time
-    when an engine walks it in order (the whole network is 4 billion edges).
-
-    Parameters
-    ----------
-    neurons, n_layers : int
-    seed : int
-    permute : bool
-        See :func:`radixnet_column_indices`.
-
-    Attributes
-    ----------
-    shapes : list of (int, int)
-        ``(neurons, neurons)`` per layer, known without generating any.
-    """
-
-    def __init__(self, neurons, n_layers, seed=0, permute=True, _first=1):
-        self.neurons = _check_neurons(neurons)
-        self.seed = _check_seed(seed)
-        self.permute = bool(permute)
-        self.layer_numbers = range(_first, _first + int(n_layers))
-        self.shapes = [(self.neurons, self.neurons)] * len(self.layer_numbers)
-        #: Every weight's value: engines that take column tables need only the indices.
-        self.weight = WEIGHT
-
-    def __len__(self):
-        return len(self.layer_numbers)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            numbers = self.layer_numbers[index]
-            if numbers.step != 1:
-                raise ValueError("RadixNetLayers slices must be contiguous")
-            return RadixNetLayers(self.neurons, len(numbers), self.seed, self.permute,
-                                  _first=numbers.start)
-        return radixnet_layer(self.neurons, self.layer_numbers[index], self.seed, self.permute)
-
-    def column_indices(self, index):
-        """The ELL index table of layer ``index`` (0-based position in this sequence)."""
-        return radixnet_column_indices(self.neurons, self.layer_numbers[index], self.seed,
-                                       self.permute)
 
 
 def radixnet_network(neurons, n_layers, seed=0, permute=True):
@@ -322,7 +151,16 @@ def _images(neurons, n_images, rng):
     return sp.csr_matrix((np.ones(pixels.size), pixels, indptr), shape=(n_images, neurons))
 
 
-def mnist_like_inputs(neurons, n_inputs, seed=0):
+def _check_square(neurons, n_inputs, seed):
+    side = math.isqrt(int(neurons))
+    if side * side != neurons:
+        raise GraphChallengeError(f"images need a square number of neurons (got {neurons})")
+    if int(n_inputs) < 1:
+        raise GraphChallengeError(f"--inputs must be at least 1 (got {n_inputs})")
+    return int(neurons), int(n_inputs), _check_seed(seed)
+
+
+def mnist_like_inputs(neurons, n_inputs, seed=0, workers=1):
     """Binary MNIST-like images: pen-stroke digits, upsampled and binarised like the real inputs.
 
     Every image is drawn with strokes of a random pen on MNIST's 28 x 28
@@ -338,26 +176,138 @@ def mnist_like_inputs(neurons, n_inputs, seed=0):
         A perfect square (1024, 4096, 16384, 65536).
     n_inputs : int
     seed : int
+    workers : int
+        Processes drawing the images (chunks of 256 images are seeded
+        independently, so the images do not depend on ``workers``).
 
     Returns
     -------
     scipy.sparse.csr_matrix, shape (n_inputs, neurons)
         Values 1.0.
     """
-    side = math.isqrt(int(neurons))
-    if side * side != neurons:
-        raise GraphChallengeError(f"images need a square number of neurons (got {neurons})")
-    if int(n_inputs) < 1:
-        raise GraphChallengeError(f"--inputs must be at least 1 (got {n_inputs})")
-    n_inputs, seed = int(n_inputs), _check_seed(seed)
-    chunks = []
-    for chunk, start in enumerate(range(0, n_inputs, _CHUNK)):
-        rng = np.random.default_rng([seed, _STREAM_IMAGES, chunk])
-        chunks.append(_images(neurons, _CHUNK, rng)[:n_inputs - start])
-    return sp.vstack(chunks, format="csr")
+    neurons, n_inputs, seed = _check_square(neurons, n_inputs, seed)
+    blocks = list(_generated_blocks(neurons, n_inputs, seed, workers=workers))
+    return _assemble_inputs(blocks, neurons)
+
+
+def _image_chunk(neurons, seed, chunk, n_inputs):
+    """Images ``256 * chunk ...`` (at most up to ``n_inputs``): seeded by ``(seed, chunk)`` alone."""
+    rng = np.random.default_rng([seed, _STREAM_IMAGES, chunk])
+    return _images(neurons, _CHUNK, rng)[:n_inputs - chunk * _CHUNK]
+
+
+@dataclass
+class _Block:
+    """Consecutive image chunks drawn by one task: the images, their categories, their TSV."""
+
+    first_row: int
+    row_nnz: np.ndarray  # pixels per image
+    pixels: np.ndarray  # 0-based columns, int32, image after image
+    categories: np.ndarray = None  # 1-based rows (whole-set numbering) alive after every layer
+    members: list = None  # gzip members of the images' TSV lines, one per chunk
+
+
+def _generate_block(neurons, n_inputs, seed, chunks, n_layers=0, bias=0.0, permute=True,
+                    tsv=False):
+    """One task of a generation: draw image chunks ``chunks`` and, with ``n_layers``, their truth.
+
+    The truth is the float64 reference through the first ``n_layers``
+    RadiX-Net layers; rows are independent, so a block's categories are
+    those of the whole set restricted to its rows. With ``tsv``, the images'
+    challenge-format text is compressed here, one gzip member per chunk (a
+    gzip file may hold several members; every reader concatenates them),
+    so that the bytes written do not depend on how chunks are grouped.
+    """
+    images = [_image_chunk(neurons, seed, chunk, n_inputs) for chunk in chunks]
+    first_row = chunks[0] * _CHUNK
+    members = None
+    if tsv:
+        members = [gzip.compress(io.inputs_text(block, chunk * _CHUNK), compresslevel=6, mtime=0)
+                   for chunk, block in zip(chunks, images)]
+    inputs = sp.vstack(images, format="csr")
+    categories = None
+    if n_layers:
+        activations = inputs
+        for k in range(1, n_layers + 1):
+            activations = apply_layer(activations, radixnet_layer(neurons, k, seed, permute), bias)
+        categories = np.flatnonzero(np.diff(activations.indptr)).astype(np.int64) + first_row + 1
+    return _Block(first_row, np.diff(inputs.indptr), inputs.indices.astype(np.int32, copy=False),
+                  categories, members)
+
+
+def _worker_count(workers):
+    if workers is None:
+        workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)
+    if int(workers) < 1:
+        raise GraphChallengeError(f"workers must be at least 1 (got {workers})")
+    return int(workers)
+
+
+def _generated_blocks(neurons, n_inputs, seed, workers=1, n_layers=0, bias=0.0, permute=True,
+                      tsv=False, pool=None):
+    """:func:`_generate_block` over every chunk of ``n_inputs`` images, blocks in row order.
+
+    With several workers, about four tasks per worker balance the load; in
+    one process a task is one chunk, so only one chunk's activations are
+    held at a time. How chunks are grouped never changes what is drawn.
+    ``pool`` is an executor to use (else one is made when ``workers > 1``).
+    """
+    n_chunks = math.ceil(n_inputs / _CHUNK)
+    workers = _worker_count(workers)
+    per_task = 1 if workers == 1 else max(1, math.ceil(n_chunks / (4 * workers)))
+    tasks = [list(range(start, min(start + per_task, n_chunks)))
+             for start in range(0, n_chunks, per_task)]
+    arguments = (neurons, n_inputs, seed)
+    options = {"n_layers": n_layers, "bias": bias, "permute": permute, "tsv": tsv}
+    if workers == 1 and pool is None:
+        for chunks in tasks:
+            yield _generate_block(*arguments, chunks, **options)
+        return
+    own_pool = pool is None
+    if own_pool:
+        pool = _process_pool(workers)
+    try:
+        # A window of tasks in flight, results dropped once yielded: the
+        # finished blocks waiting for the consumer stay few, whatever the size.
+        pending = collections.deque()
+        for chunks in tasks:
+            pending.append(pool.submit(_generate_block, *arguments, chunks, **options))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        if own_pool:
+            pool.shutdown(cancel_futures=True)
+
+
+def _process_pool(workers):
+    """Worker processes for generation (forked where the platform allows: no re-import)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    return ProcessPoolExecutor(workers, mp_context=context)
+
+
+def _assemble_inputs(blocks, neurons):
+    """The CSR input matrix of ``blocks`` (in row order); every value 1."""
+    row_nnz = np.concatenate([block.row_nnz for block in blocks])
+    indptr = np.zeros(row_nnz.size + 1, dtype=np.int64)
+    np.cumsum(row_nnz, out=indptr[1:])
+    index = np.int32 if indptr[-1] < 2**31 else np.int64
+    pixels = np.concatenate([block.pixels for block in blocks]).astype(index, copy=False)
+    return sp.csr_matrix((np.ones(pixels.size), pixels, indptr.astype(index, copy=False)),
+                         shape=(row_nnz.size, neurons))
 
 
 # ---------------------------------------------------------------- whole challenges
+
+#: How a generated challenge is stored: the challenge's TSV files, or binary (see generate_challenge).
+FORMATS = ("tsv", "binary")
+
 
 @dataclass
 class GeneratedChallenge:
@@ -374,22 +324,27 @@ class GeneratedChallenge:
     edges: int
     seconds: float
     generator_version: int = GENERATOR_VERSION
+    format: str = "tsv"
+    workers: int = 1
 
     def to_dict(self):
         return asdict(self)
 
     def text(self):
         """The human-readable summary."""
-        survived = self.n_categories / self.n_inputs
+        stored = ("challenge TSV files" if self.format == "tsv"
+                  else "binary: CSR inputs, layers rebuilt from the record")
         return "\n".join([
             f"generated    neuron{self.neurons}-l{self.layers} (seed {self.seed}"
             + ("" if self.permute else ", no permutations") + ")",
-            f"data folder  {self.data_dir}",
+            f"data folder  {self.data_dir} ({stored})",
             f"edges        {self.edges:,}",
             f"inputs       {self.n_inputs:,} ({self.input_nnz / self.n_inputs:.1f} pixels per image)",
-            f"categories   {self.n_categories} ({survived:.1%} of the inputs), "
-            "from the float64 reference",
-            f"time         {self.seconds:.1f} s",
+            (f"categories   {self.n_categories} ({self.n_categories / self.n_inputs:.1%} of the "
+             "inputs), from the float64 reference" if self.n_categories is not None
+             else "categories   no truth computed (validate with run --truth-inputs K)"),
+            f"time         {self.seconds:.1f} s on {self.workers} "
+            + ("process" if self.workers == 1 else "processes"),
         ])
 
 
@@ -400,18 +355,10 @@ def _as_config(cfg):
     return catalog.config(int(neurons), int(layers))
 
 
-def read_record(data_dir):
-    """The record of the generated challenges in ``data_dir`` (an empty one if none)."""
-    path = Path(data_dir) / RECORD_NAME
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {"neurons": {}}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable ({exc}); delete it and generate again") from None
-    if not isinstance(record.get("neurons"), dict):
-        raise DataError(f"{path}: not a record of generated challenges; delete it and generate again")
-    return record
+def _check_format(fmt):
+    if fmt not in FORMATS:
+        raise GraphChallengeError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
+    return fmt
 
 
 def _write_record(data_dir, record):
@@ -419,27 +366,52 @@ def _write_record(data_dir, record):
     io._write_atomic(Path(data_dir) / RECORD_NAME, lambda handle: handle.write(text))
 
 
-def _parameters(n_inputs, seed, permute):
+def _parameters(n_inputs, seed, permute, fmt="tsv"):
     return {"inputs": int(n_inputs), "seed": int(seed), "permute": bool(permute),
-            "generator_version": GENERATOR_VERSION}
+            "generator_version": GENERATOR_VERSION, "format": fmt}
 
 
-def is_generated(cfg, data_dir, n_inputs, seed=0, permute=True):
+def _entry_parameters(entry, keys):
+    return {key: radixnet.entry_format(entry) if key == "format" else entry.get(key) for key in keys}
+
+
+def is_generated(cfg, data_dir, n_inputs, seed=0, permute=True, format="tsv"):
     """True when ``data_dir`` holds challenge ``cfg`` generated with exactly these parameters."""
     cfg = _as_config(cfg)
     root = Path(data_dir)
     if not root.is_dir():
         return False
     entry = read_record(root)["neurons"].get(str(cfg.neurons))
-    wanted = _parameters(n_inputs, seed, permute)
+    wanted = _parameters(n_inputs, seed, permute, _check_format(format))
     if not entry or cfg.layers not in entry.get("layers", []):
         return False
-    if {key: entry.get(key) for key in wanted} != wanted:
+    if _entry_parameters(entry, wanted) != wanted:
         return False
     paths = layout.server_paths(cfg, root)
+    if format == "binary":
+        return layout.binary_inputs(cfg, root).is_file() and paths.truth.is_file()
     return (paths.inputs.is_file() and paths.truth.is_file()
             and all((paths.network_dir / cfg.layer_name(k)).is_file()
                     for k in range(1, cfg.layers + 1)))
+
+
+def generated_network(cfg, data_dir):
+    """The network of ``cfg`` in a binary generated folder, rebuilt from its record; else None.
+
+    See :func:`graphchallenge.network.generated_network`.
+    """
+    from .network import generated_network
+
+    return generated_network(_as_config(cfg), data_dir)
+
+
+def _generated_files(cfg, root, fmt):
+    """The files a generation of ``cfg.neurons`` in format ``fmt`` writes (any depth's truth aside)."""
+    paths = layout.server_paths(cfg, root)
+    if fmt == "binary":
+        return [layout.binary_inputs(cfg, root)]
+    layers = sorted(paths.network_dir.glob(f"n{cfg.neurons}-l*.tsv")) if paths.network_dir.is_dir() else []
+    return [paths.inputs] + layers
 
 
 def _claim_folder(cfg, root, parameters):
@@ -448,19 +420,21 @@ def _claim_folder(cfg, root, parameters):
     Records the folder as being generated with ``parameters`` before any
     file is written, listing no finished depth for ``cfg.neurons`` but those
     still valid, so that an interrupted generation never looks finished and
-    may be repeated. Returns the record.
+    may be repeated. Files of the other format, if the folder held it, are
+    removed (they were generated, the record says so). Returns the record.
     """
     record = read_record(root)
     key = str(cfg.neurons)
     entry = record["neurons"].get(key)
     paths = layout.server_paths(cfg, root)
     if entry is None:
-        existing = [p for p in (paths.inputs, paths.truth, paths.network_dir) if p.exists()]
+        existing = [p for p in (paths.inputs, layout.binary_inputs(cfg, root), paths.truth,
+                                paths.network_dir) if p.exists()]
         if existing:
             raise DataError(f"{existing[0]} exists and was not generated; generate into another "
                             "--data-dir rather than overwrite challenge files")
         entry = {"layers": []}
-    same = {name: entry.get(name) for name in parameters} == parameters
+    same = _entry_parameters(entry, parameters) == parameters
     kept = []
     for depth in entry.get("layers", []):
         # The truth of another depth stays valid only for the same inputs and network.
@@ -470,15 +444,26 @@ def _claim_folder(cfg, root, parameters):
             (root / catalog.config(cfg.neurons, depth).truth_path).unlink(missing_ok=True)
     record["neurons"][key] = dict(parameters, layers=kept)
     _write_record(root, record)
+    old_format = radixnet.entry_format(entry)
+    if "generator_version" in entry and old_format != parameters["format"]:
+        for path in _generated_files(cfg, root, old_format):
+            path.unlink(missing_ok=True)
     return record
 
 
-def generate_challenge(cfg, n_inputs, seed=0, data_dir=None, progress=True, permute=True):
-    """Write a generated challenge (layers, inputs, truth) in the server's layout.
+def _write_layer_file(path, neurons, k, seed, permute):
+    io.write_layer(path, radixnet_layer(neurons, k, seed, permute))
 
-    The layers are generated, written and run through the float64
-    reference one at a time, so even 65536 x 1920 never holds more than one
-    layer; the truth is what the reference gives. ``generated.json`` in the
+
+def generate_challenge(cfg, n_inputs, seed=0, data_dir=None, progress=True, permute=True,
+                       format="tsv", workers=None, truth=True):
+    """Write a generated challenge (inputs, truth and, as TSV, layers) in the server's layout.
+
+    The images are drawn in independently seeded chunks of 256, and each
+    chunk is run through the float64 reference, layer by layer, in worker
+    processes: the truth is what the reference gives, and neither it nor
+    the files depend on the number of workers. No process holds more than
+    one layer and a block of rows' activations. ``generated.json`` in the
     data folder records the parameters, so that a folder is reused only
     when it holds exactly what is asked for (see :func:`is_generated`).
 
@@ -494,6 +479,20 @@ def generate_challenge(cfg, n_inputs, seed=0, data_dir=None, progress=True, perm
         Draw a progress bar on stderr.
     permute : bool
         See :func:`radixnet_column_indices`.
+    format : {"tsv", "binary"}
+        ``tsv``: the challenge's own files (layer TSVs, gzipped input TSV),
+        which any challenge tool reads. ``binary``: the inputs in the binary
+        CSR format (``mnist/sparse-images-{N}.csr``), no layer files at all
+        (:func:`graphchallenge.network.load_network` rebuilds them from the
+        record), the truth as TSV: 65536 x 1920 as TSV would take about
+        100 GB of text and hours to write; binary takes the inputs' size.
+    workers : int, optional
+        Processes to use; by default every CPU this process may use.
+    truth : bool
+        Run the reference and write the truth. Without it only the network
+        and the inputs are written (no depth is recorded as finished), for
+        runs that validate on a subset (``run --truth-inputs K``) at sizes
+        where the reference on every input would take hours.
 
     Returns
     -------
@@ -510,38 +509,83 @@ def generate_challenge(cfg, n_inputs, seed=0, data_dir=None, progress=True, perm
     >>> generate_challenge((1024, 12), 200, seed=1, data_dir="gen")  # doctest: +SKIP
     """
     cfg = _as_config(cfg)
+    fmt = _check_format(format)
     if int(n_inputs) < 1:
         raise GraphChallengeError(f"--inputs must be at least 1 (got {n_inputs})")
+    neurons, n_inputs, seed = _check_square(cfg.neurons, n_inputs, seed)
+    workers = _worker_count(workers)
     root = layout.data_dir(data_dir)
-    parameters = _parameters(n_inputs, _check_seed(seed), permute)
+    parameters = _parameters(n_inputs, seed, permute, fmt)
     paths = layout.server_paths(cfg, root)
+    tsv = fmt == "tsv"
     try:
         root.mkdir(parents=True, exist_ok=True)
         record = _claim_folder(cfg, root, parameters)
-        with Timer() as timer, tqdm(total=cfg.layers + 2, unit="file", desc=f"generate {cfg.name}",
-                                    disable=not progress, leave=False) as bar:
-            inputs = mnist_like_inputs(cfg.neurons, n_inputs, seed)
-            io.write_inputs(paths.inputs, inputs)
-            bar.update()
-            activations = inputs
-            for k, weights in enumerate(RadixNetLayers(cfg.neurons, cfg.layers, seed, permute), 1):
-                io.write_layer(paths.network_dir / cfg.layer_name(k), weights)
-                activations = apply_layer(activations, weights, cfg.bias)
-                bar.update()
-            categories = np.flatnonzero(np.diff(activations.indptr)) + 1
-            io.write_categories(paths.truth, categories)
-            bar.update()
-        entry = record["neurons"][str(cfg.neurons)]
-        entry["layers"] = sorted(set(entry["layers"]) | {cfg.layers})
-        _write_record(root, record)
+        pool = _process_pool(workers) if workers > 1 else None
+        with Timer() as timer, tqdm(total=n_inputs + (cfg.layers if tsv else 0), unit="step",
+                                    desc=f"generate {cfg.name}", disable=not progress,
+                                    leave=False) as bar:
+            try:
+                layer_jobs = []
+                if tsv:
+                    # Layer files are independent of the rows: written side by side with them.
+                    submit = pool.submit if pool else (lambda f, *a: f(*a))
+                    for k in range(1, cfg.layers + 1):
+                        layer_jobs.append(submit(_write_layer_file,
+                                                 paths.network_dir / cfg.layer_name(k),
+                                                 neurons, k, seed, permute))
+                        if pool is None:
+                            bar.update()
+                blocks = _generated_blocks(neurons, n_inputs, seed, workers,
+                                           cfg.layers if truth else 0, cfg.bias, permute,
+                                           tsv=tsv, pool=pool)
+                found, input_nnz = [], 0
+
+                def arriving():
+                    nonlocal input_nnz
+                    for block in blocks:
+                        if block.categories is not None:
+                            found.append(block.categories)
+                        input_nnz += block.pixels.size
+                        bar.update(block.row_nnz.size)
+                        yield block
+
+                # The inputs go to disk block by block: never assembled in memory.
+                if tsv:
+                    def write_members(handle):
+                        for block in arriving():
+                            for member in block.members:
+                                handle.write(member)
+
+                    io._write_atomic(paths.inputs, write_members)
+                else:
+                    io.save_csr_rows(layout.binary_inputs(cfg, root),
+                                     ((block.row_nnz, block.pixels) for block in arriving()),
+                                     neurons)
+                for job in layer_jobs:
+                    if pool is not None:
+                        job.result()
+                        bar.update()
+            finally:
+                if pool is not None:
+                    pool.shutdown(cancel_futures=True)
+            categories = np.concatenate(found) if truth else None
+            if truth:
+                io.write_categories(paths.truth, categories)
+        if truth:
+            entry = record["neurons"][str(cfg.neurons)]
+            entry["layers"] = sorted(set(entry["layers"]) | {cfg.layers})
+            _write_record(root, record)
     except OSError as exc:
         where = exc.filename or root
         raise DataError(f"cannot write the generated challenge: {where}: "
                         f"{exc.strerror or exc}") from None
     return GeneratedChallenge(
-        neurons=cfg.neurons, layers=cfg.layers, n_inputs=int(n_inputs), seed=int(seed),
-        permute=bool(permute), data_dir=str(root), n_categories=int(categories.size),
-        input_nnz=int(inputs.nnz), edges=cfg.edges, seconds=timer.seconds)
+        neurons=cfg.neurons, layers=cfg.layers, n_inputs=n_inputs, seed=seed,
+        permute=bool(permute), data_dir=str(root),
+        n_categories=int(categories.size) if truth else None,
+        input_nnz=int(input_nnz), edges=cfg.edges, seconds=timer.seconds, format=fmt,
+        workers=workers)
 
 
 def demo_folder(data_dir, cfg, n_inputs, seed):

@@ -252,3 +252,96 @@ def test_unwritable_cache_only_warns(tmp_path, rng, monkeypatch, caplog):
     io.write_layer(path, layer)
     assert (io.read_layer(path, 10) != layer).nnz == 0
     assert "cannot write the cache" in caplog.text
+
+
+# ---------------------------------------------------------------- inputs read in blocks
+
+def _same(a, b):
+    return a.shape == b.shape and (a != b).nnz == 0 and np.array_equal(a.toarray(), b.toarray())
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".tsv.gz"])
+def test_inputs_read_in_small_blocks_equal_the_whole_reading(tmp_path, rng, suffix):
+    inputs = random_inputs(rng, 300, 256)
+    path = tmp_path / f"in{suffix}"
+    io.write_inputs(path, inputs)
+    whole = io.read_inputs(path, 256, cache=False, block_bytes=1 << 30)
+    assert _same(whole, inputs)
+    # ~60 lines per block: dozens of blocks, rows split across them.
+    blocks = io.read_inputs(path, 256, cache=False, block_bytes=700)
+    assert _same(blocks, inputs)
+    assert blocks.has_canonical_format
+
+
+def test_inputs_out_of_order_with_values_and_duplicates_read_in_blocks(tmp_path, rng):
+    inputs = random_inputs(rng, 200, 64)
+    coo = inputs.tocoo()
+    values = rng.integers(1, 5, size=coo.nnz) / 4.0
+    order = rng.permutation(coo.nnz)
+    lines = [f"{r + 1}\t{c + 1}\t{v}\n" for r, c, v in zip(coo.row[order], coo.col[order], values[order])]
+    lines.append(f"{coo.row[0] + 1}\t{coo.col[0] + 1}\t0.5\n")  # a duplicate: adds up
+    path = tmp_path / "shuffled.tsv"
+    path.write_text("".join(lines))
+    expected = sp.csr_matrix((values, (coo.row, coo.col)), shape=inputs.shape)
+    expected[coo.row[0], coo.col[0]] += 0.5
+    for block_bytes in (500, 1 << 30):
+        assert _same(io.read_inputs(path, 64, cache=False, block_bytes=block_bytes), expected)
+
+
+def test_slow_path_in_blocks_equals_the_fast_one(tmp_path, rng, monkeypatch):
+    inputs = random_inputs(rng, 120, 64)
+    coo = inputs.tocoo()
+    # Spaces, not tabs: pyarrow refuses it, the line-by-line reader takes it.
+    (tmp_path / "spaces.tsv").write_text("".join(
+        f"{r + 1}  {c + 1} 1\n" for r, c in zip(coo.row, coo.col)))
+    monkeypatch.setattr(io, "_SLOW_BLOCK_LINES", 37)
+    assert _same(io.read_inputs(tmp_path / "spaces.tsv", 64, cache=False), inputs)
+
+
+@pytest.mark.parametrize("bad, message", [("1500\t99\t1", "column index 99"),
+                                          ("1500\tx\t1", "not a number"),
+                                          ("0\t3\t1", "row index 0"),
+                                          ("1500\t3\tinf", "not finite")])
+def test_a_bad_line_in_a_later_block_is_named(tmp_path, bad, message, monkeypatch):
+    lines = [f"{k // 2 + 1}\t{k % 50 + 1}\t1\n" for k in range(3000)]
+    lines[1499] = bad + "\n"
+    path = tmp_path / "bad.tsv"
+    path.write_text("".join(lines))
+    monkeypatch.setattr(io, "_SLOW_BLOCK_LINES", 100)
+    with pytest.raises(DataError, match=f"bad.tsv:1500: .*{message}"):
+        io.read_inputs(path, 64, cache=False, block_bytes=2000)
+    assert not list(io.cache_root().glob("bad.tsv.*")), "a bad file must not be cached"
+
+
+def test_binary_input_file_is_read_as_is(tmp_path, rng):
+    inputs = random_inputs(rng, 40, 64)
+    io.save_csr(tmp_path / "sparse-images-64.csr", inputs)
+    assert _same(io.read_inputs(tmp_path / "sparse-images-64.csr", 64), inputs)
+    assert _same(io.read_inputs(tmp_path / "sparse-images-64.csr", 64, n_inputs=7), inputs[:7])
+    with pytest.raises(DataError, match="not 128"):
+        io.read_inputs(tmp_path / "sparse-images-64.csr", 128)
+
+
+def test_reading_shows_progress_when_asked(tmp_path, rng, capsys):
+    inputs = random_inputs(rng, 30, 16)
+    io.write_inputs(tmp_path / "in.tsv", inputs)
+    io.read_inputs(tmp_path / "in.tsv", 16, cache=False, progress=True)
+    assert "read inputs" in capsys.readouterr().err
+    io.write_layer(tmp_path / "w.tsv", random_layer(rng, 16, 16))
+    io.read_layers([tmp_path / "w.tsv"], [(16, 16)], cache=False, progress=True)
+    assert "read layers" in capsys.readouterr().err
+    io.read_inputs(tmp_path / "in.tsv", 16, cache=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("limit", [2**31, 10])
+def test_csr_written_a_block_of_rows_at_a_time_reads_back(tmp_path, rng, monkeypatch, limit):
+    # limit 10: the int64 index path of matrices past 2**31 nonzeros, on a small one.
+    monkeypatch.setattr(io, "_INT32_LIMIT", limit)
+    inputs = random_inputs(rng, 50, 64)
+    blocks = [(np.diff(inputs[k:k + 7].indptr), inputs[k:k + 7].indices) for k in range(0, 50, 7)]
+    assert io.save_csr_rows(tmp_path / "x.csr", blocks, 64) == (50, inputs.nnz)
+    back = io.load_csr(tmp_path / "x.csr")
+    assert back.shape == inputs.shape and (back != inputs).nnz == 0
+    assert back.indices.dtype == back.indptr.dtype == (np.int32 if limit > inputs.nnz else np.int64)
+    assert (back @ back.T != inputs @ inputs.T).nnz == 0

@@ -346,3 +346,113 @@ def test_generate_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     code = main(["generate", "--neurons", "1000", "--layers", "12", "--data-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--neurons" in err
+
+
+# ---------------------------------------------------------------- binary form, workers
+
+def _challenge(root, depth):
+    return network.load_challenge(catalog.config(1024, depth), root, lazy=False)
+
+
+def test_binary_generated_challenge_equals_the_tsv_one(tmp_path):
+    tsv = synthetic.generate_challenge((1024, 8), 150, seed=2, data_dir=tmp_path / "tsv",
+                                       progress=False, format="tsv")
+    binary = synthetic.generate_challenge((1024, 8), 150, seed=2, data_dir=tmp_path / "bin",
+                                          progress=False, format="binary")
+    assert binary.format == "binary" and binary.n_categories == tsv.n_categories
+    # No layer files at all, inputs in the binary CSR format.
+    assert not (tmp_path / "bin" / "dnn" / "neuron1024").exists()
+    assert (tmp_path / "bin" / "mnist" / "sparse-images-1024.csr").is_file()
+    assert synthetic.is_generated((1024, 8), tmp_path / "bin", 150, seed=2, format="binary")
+    assert not synthetic.is_generated((1024, 8), tmp_path / "bin", 150, seed=2, format="tsv")
+    a, b = _challenge(tmp_path / "tsv", 8), _challenge(tmp_path / "bin", 8)
+    assert a.truth.tolist() == b.truth.tolist() and a.truth.size > 0
+    assert a.inputs.shape == b.inputs.shape and (a.inputs != b.inputs).nnz == 0
+    assert len(a.network.layers) == len(b.network.layers) == 8
+    for wa, wb in zip(a.network.layers, b.network.layers):
+        assert (wa != wb).nnz == 0
+    assert b.files["network"].endswith("generated.json")
+
+
+def test_binary_network_is_rebuilt_lazily_for_any_depth(tmp_path):
+    synthetic.generate_challenge((1024, 6), 40, seed=5, data_dir=tmp_path, progress=False,
+                                 format="binary")
+    deeper = network.load_network(catalog.config(1024, 9), tmp_path, lazy=True)
+    assert isinstance(deeper.layers, synthetic.RadixNetLayers) and deeper.n_layers == 9
+    assert (deeper.layers[8] != synthetic.radixnet_layer(1024, 9, seed=5)).nnz == 0
+    # Depth 9 has no truth: a run says so in one line.
+    with pytest.raises(DataError, match="truth"):
+        network.load_challenge(catalog.config(1024, 9), tmp_path)
+
+
+def test_switching_format_removes_the_other_formats_files(tmp_path):
+    synthetic.generate_challenge((1024, 6), 40, data_dir=tmp_path, progress=False, format="tsv")
+    synthetic.generate_challenge((1024, 6), 40, data_dir=tmp_path, progress=False, format="binary")
+    assert not (tmp_path / "mnist" / "sparse-images-1024.tsv.gz").exists()
+    assert not list((tmp_path / "dnn").glob("neuron1024/*.tsv"))
+    assert synthetic.is_generated((1024, 6), tmp_path, 40, format="binary")
+    synthetic.generate_challenge((1024, 6), 40, data_dir=tmp_path, progress=False, format="tsv")
+    assert not (tmp_path / "mnist" / "sparse-images-1024.csr").exists()
+    assert synthetic.is_generated((1024, 6), tmp_path, 40, format="tsv")
+
+
+def test_a_damaged_binary_input_file_is_one_clear_error(tmp_path):
+    synthetic.generate_challenge((1024, 6), 40, data_dir=tmp_path, progress=False, format="binary")
+    path = tmp_path / "mnist" / "sparse-images-1024.csr"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(DataError, match="damaged or truncated"):
+        network.load_challenge(catalog.config(1024, 6), tmp_path)
+
+
+def test_images_do_not_depend_on_the_number_of_workers():
+    # 700 images: three seeded chunks, the last one partial.
+    one = synthetic.mnist_like_inputs(1024, 700, seed=3, workers=1)
+    two = synthetic.mnist_like_inputs(1024, 700, seed=3, workers=2)
+    three = synthetic.mnist_like_inputs(1024, 700, seed=3, workers=3)
+    assert one.shape == (700, 1024) and one.nnz > 0
+    assert (one != two).nnz == 0 and (one != three).nnz == 0
+    assert (one[:300] != synthetic.mnist_like_inputs(1024, 300, seed=3, workers=2)).nnz == 0
+
+
+def test_generated_files_do_not_depend_on_the_number_of_workers(tmp_path):
+    for workers in (1, 2):
+        synthetic.generate_challenge((1024, 7), 600, seed=6, data_dir=tmp_path / str(workers),
+                                     progress=False, workers=workers)
+    assert _files(tmp_path / "1") == _files(tmp_path / "2")
+    record = synthetic.read_record(tmp_path / "2")["neurons"]["1024"]
+    assert record["format"] == "tsv" and record["inputs"] == 600
+
+
+def test_generate_cli_binary_then_run(tmp_path, capsys):
+    code = main(["generate", "--neurons", "1024", "--layers", "6", "--inputs", "64",
+                 "--format", "binary", "--workers", "1", "--data-dir", str(tmp_path), "--json"])
+    generated_report = json.loads(capsys.readouterr().out)
+    assert code == 0 and generated_report["format"] == "binary" and generated_report["workers"] == 1
+    code = main(["run", "--neurons", "1024", "--layers", "6", "--data-dir", str(tmp_path),
+                 "--engine", "cpu", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["passed"] and report["n_categories"] == generated_report["n_categories"]
+
+
+@pytest.mark.parametrize("fmt", synthetic.FORMATS)
+def test_streamed_layers_and_block_read_inputs_give_the_in_memory_categories(tmp_path, fmt,
+                                                                               monkeypatch):
+    from graphchallenge import engines
+
+    synthetic.generate_challenge((1024, 8), 200, seed=7, data_dir=tmp_path, progress=False,
+                                 format=fmt)
+    cfg = catalog.config(1024, 8)
+    in_memory = network.load_challenge(cfg, tmp_path, lazy=False, cache=False)
+    assert isinstance(in_memory.network.layers, list)
+    # Forced on a small network: layers streamed from disk or rebuilt, inputs in tiny blocks.
+    monkeypatch.setattr(io, "INPUT_BLOCK_BYTES", 512)
+    streamed = network.load_challenge(cfg, tmp_path, lazy=True, cache=False)
+    assert not isinstance(streamed.network.layers, list)
+    assert (streamed.inputs != in_memory.inputs).nnz == 0
+    for name in ("reference", "cpu"):
+        if not engines.availability(name)[0]:
+            continue
+        engine = engines.get_engine(name)
+        a = engine.infer(in_memory.network, in_memory.inputs).categories
+        b = engines.get_engine(name).infer(streamed.network, streamed.inputs).categories
+        assert a.tolist() == b.tolist() == in_memory.truth.tolist(), name

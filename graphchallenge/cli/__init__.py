@@ -19,7 +19,7 @@ from ..errors import GraphChallengeError
 
 #: Subcommands in the order ``--help`` lists them.
 COMMANDS = ("demo", "run", "validate", "info", "download", "generate",
-            "bench", "compress", "finetune")
+            "bench", "table", "compress", "finetune")
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 

@@ -30,6 +30,19 @@ def add_quiet(parser):
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def add_progress(parser):
+    """``--progress``: bars even when stderr is not a terminal (``table`` runs its rows so)."""
+    parser.add_argument("--progress", action="store_true",
+                        help="draw progress bars even when stderr is not a terminal")
+
+
+def add_truth_inputs(parser):
+    parser.add_argument("--truth-inputs", type=int, default=None, metavar="K",
+                        help="validate against the float64 reference run here on the first K "
+                             "inputs (no truth file needed), for sizes where the reference on "
+                             "every input is too slow")
+
+
 def add_input_selection(parser):
     """``--inputs``, ``--tile`` and ``--network``: which inputs and which network a run uses."""
     parser.add_argument("--inputs", type=int, default=None, metavar="K",
@@ -43,6 +56,8 @@ def add_input_selection(parser):
 
 
 def check_input_selection(args):
+    if getattr(args, "truth_inputs", None) is not None and args.truth_inputs < 1:
+        raise usage_error("--truth-inputs must be at least 1")
     if args.tile < 1:
         raise usage_error("--tile must be at least 1")
     if args.inputs is not None and args.inputs < 1:
@@ -95,8 +110,10 @@ def emit(args, payload, text):
 
 
 def progress(args):
-    """True when progress bars should be drawn (stderr is a terminal and not --quiet)."""
-    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+    """True when progress bars should be drawn (stderr is a terminal, or ``--progress``; not --quiet)."""
+    if getattr(args, "quiet", False):
+        return False
+    return getattr(args, "progress", False) or sys.stderr.isatty()
 
 
 def usage_error(message):

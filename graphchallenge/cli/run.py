@@ -14,12 +14,14 @@ def add_arguments(parser):
     parser.add_argument("--device", type=int, default=None, metavar="ID",
                         help="GPU to use with the GPU engines (default 0)")
     _common.add_input_selection(parser)
+    _common.add_truth_inputs(parser)
     parser.add_argument("--categories-out", default=None, metavar="FILE",
                         help="write the categories found, in the truth file's format")
     parser.add_argument("--plot", default=None, metavar="FILE.png",
                         help="draw live rows and time per layer (needs matplotlib)")
     _common.add_json(parser)
     _common.add_quiet(parser)
+    _common.add_progress(parser)
 
 
 def main(args):
@@ -31,7 +33,8 @@ def main(args):
     # Serial unless started by an MPI launcher; then report is None on ranks > 0.
     report = parallel.run(cfg, _common.resolve_data_dir(args), engine=args.engine,
                           n_inputs=args.inputs, tile=args.tile, network_dir=args.network,
-                          progress=_common.progress(args) and rank == 0, engine_options=options)
+                          progress=_common.progress(args) and rank == 0, engine_options=options,
+                          truth_inputs=args.truth_inputs)
 
     def publish(report):
         if args.categories_out:
