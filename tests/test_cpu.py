@@ -74,14 +74,49 @@ def test_columns_with_the_same_inputs_are_summed_in_pairs(engine, rng):
     layers = [sp.hstack([sp.kron(random_layer(rng, n_in, n_out, 5), np.array([[1.0, 0.75]])),
                          random_layer(rng, n_in, 1, 3)], format="csr")
               for n_in, n_out in [(40, 30), (61, 20), (41, 25)]]
-    pairs = cpu._column_pairs(sp.csc_matrix(layers[0]))
-    assert pairs.shape == (31, 2) and np.count_nonzero(pairs[:, 1] >= 0) == 30
-    assert sorted(pairs[pairs[:, 1] >= 0].ravel().tolist()) == list(range(60))
+    pairs, copies = cpu._column_pairs(sp.csc_matrix(layers[0]))
+    assert pairs.shape == (31, 5) and np.count_nonzero(pairs[:, 1] >= 0) == 30
+    assert sorted(pairs[pairs[:, 1] >= 0][:, :2].ravel().tolist()) == list(range(60))
+    assert copies.size == 0 and not pairs[:, 3:].any()
     network = Network(layers, -0.2)
     inputs = random_inputs(rng, 300, 40, density=0.2)
     expected = _expected(network, inputs)
     assert 0 < len(expected) < 300
     assert engine.infer(network, inputs).categories.tolist() == expected
+
+
+def test_equal_columns_are_computed_once_and_copied(engine, rng, monkeypatch):
+    # Each column four times over (the challenge's outputs come in groups of
+    # 16): one is computed, three copied. Pairs of computed columns with the
+    # same inputs but other weights (x 0.75) are still summed together.
+    base = random_layer(rng, 40, 10, 5)
+    layer = sp.hstack([sp.kron(base, np.array([[1.0, 1.0, 1.0, 1.0]])),
+                       sp.kron(base, np.array([[0.75, 0.75]]))], format="csr")
+    pairs, copies = cpu._column_pairs(sp.csc_matrix(layer))
+    assert pairs.shape == (10, 5) and (pairs[:, 1] >= 0).all()
+    assert np.sort(pairs[:, 3:], axis=1).tolist() == [[1, 3]] * 10
+    computed = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    assert sorted(computed.tolist() + copies.tolist()) == list(range(60))
+    # A copy is a column equal to the one it copies.
+    dense = layer.toarray()
+    for column, partner, first, n_column, n_partner in pairs:
+        for copy in copies[first:first + n_column]:
+            assert (dense[:, copy] == dense[:, column]).all()
+        for copy in copies[first + n_column:first + n_column + n_partner]:
+            assert (dense[:, copy] == dense[:, partner]).all()
+    # Columns with a weight that differs in one bit are not equal.
+    nudged = layer.tocsc(copy=True)
+    nudged.data[nudged.indptr[3]] = np.nextafter(nudged.data[nudged.indptr[3]], 1.0)
+    assert cpu._column_pairs(nudged)[1].size == copies.size - 1
+    network = Network([layer, random_layer(rng, 60, 40, 6)], -0.2)
+    inputs = random_inputs(rng, 300, 40, density=0.2)
+    expected = _expected(network, inputs)
+    assert 0 < len(expected) < 300
+    monkeypatch.setattr(cpu, "_scatter_pays", lambda *args: False)
+    result = engine.infer(network, inputs)
+    assert result.categories.tolist() == expected
+    # Layer 1 sums 20 of its 60 columns, 5 terms each at most, over 3 tiles.
+    assert result.details["multiply_adds"][0] <= 20 * 5 * cpu.TILE * 3
 
 
 @needs_numba
@@ -535,12 +570,20 @@ def test_first_layer_scattered_or_gathered_equals_the_reference(engine, rng, mon
     assert calls and set(calls) == {scatter}
 
 
-def test_the_compacted_real_network_is_scattered_and_the_original_gathered(real_challenge):
+def test_the_real_network_and_its_compaction_are_both_scattered(real_challenge):
+    # Scattered, the original's first layer sums only its 64 distinct columns
+    # (2 computed weights per input, as after compaction); measured faster
+    # than gathering on the real and on generated inputs.
     from graphchallenge import compress
 
     rows = np.arange(real_challenge.inputs.shape[0])
     indptr = real_challenge.inputs.indptr
-    original = cpu._layers(real_challenge.network)
-    compact = cpu._layers(compress.compact(real_challenge.network).network)
-    assert not cpu._scatter_pays(next(original), indptr, rows)
-    assert cpu._scatter_pays(next(compact), indptr, rows)
+    original = next(cpu._layers(real_challenge.network))
+    compact = next(cpu._layers(compress.compact(real_challenge.network).network))
+    assert original.scatter[0][-1] == 2 * 1024 and original.copies.size == 1024 - 64
+    assert cpu._scatter_pays(original, indptr, rows)
+    assert cpu._scatter_pays(compact, indptr, rows)
+    # A layer whose columns all differ is still gathered from these images.
+    assert not cpu._scatter_pays(cpu._Layer(sp.random(1024, 1024, density=1 / 32, format="csr",
+                                                      random_state=1), -0.3, first=True),
+                                 indptr, rows)

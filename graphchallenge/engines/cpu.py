@@ -246,15 +246,28 @@ def _accumulate_pair(acc, other_acc, source, rows, weights, other_weights, n_ter
 
 
 @_kernel(inline=True)
-def _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride, bias,
-                  dense, out, stats):
+def _copy_columns(block, pairs, copies, pair):
+    """Columns equal to the ones of ``pairs[pair]`` get their values (their statistics are the same)."""
+    j, other, first, n_column = pairs[pair, 0], pairs[pair, 1], pairs[pair, 2], pairs[pair, 3]
+    for copy in range(first, first + n_column + pairs[pair, 4]):
+        values = block[j] if copy < first + n_column else block[other]
+        target = block[copies[copy]]
+        for lane in range(values.size):
+            target[lane] = values[lane]
+
+
+@_kernel(inline=True)
+def _gather_layer(act, pairs, copies, w_indptr, w_indices, w_values, value_base, value_stride,
+                  bias, dense, out, stats):
     """A layer applied to tiles ``act`` (``tile x n_in x TILE``), written to tiles ``out``.
 
     Output neuron ``j`` of a tile is ``sum_p w_p * act[tile, k_p, :]`` over
     column ``j`` of ``W`` (CSC). Columns go by ``pairs`` (see
-    :func:`_column_pairs`): two columns that read the same inputs are summed
-    together, each input loaded once for both, and columns with similar
-    inputs follow each other, so those inputs are still in L1. Inputs that
+    :func:`_column_pairs`): a column equal to one already computed (same
+    inputs, same weights) is copied from it, two columns that read the same
+    inputs are summed together, each input loaded once for both, and
+    columns with similar inputs follow each other, so those inputs are
+    still in L1. Inputs that
     are zero in every lane of the tile (common in the first, sparse layers)
     are left out of the sums; a term ``w * 0`` adds exactly nothing, so the
     result is the same to the bit. The weight of term ``p`` (an index into
@@ -306,45 +319,47 @@ def _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_s
                 _accumulate(block[j], source, kept_rows, kept_weights, n_kept)
             _finish_column(block[j], bias, dense, tile_stats)
             n_terms += n_kept
+            _copy_columns(block, pairs, copies, pair)
     return n_terms * width
 
 
 # The two compiled versions of _gather_layer: with ``dense`` a constant, the
 # choice leaves the innermost loop (measured ~15% faster).
 @_kernel()
-def _gather_layer_dense(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride, bias,
-                        out, stats):
-    return _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride, bias,
-                         True, out, stats)
+def _gather_layer_dense(act, pairs, copies, w_indptr, w_indices, w_values, value_base,
+                        value_stride, bias, out, stats):
+    return _gather_layer(act, pairs, copies, w_indptr, w_indices, w_values, value_base,
+                         value_stride, bias, True, out, stats)
 
 
 @_kernel()
-def _gather_layer_structural(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride,
-                             bias, out, stats):
-    return _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride, bias,
-                         False, out, stats)
+def _gather_layer_structural(act, pairs, copies, w_indptr, w_indices, w_values, value_base,
+                             value_stride, bias, out, stats):
+    return _gather_layer(act, pairs, copies, w_indptr, w_indices, w_values, value_base,
+                         value_stride, bias, False, out, stats)
 
 
 @_kernel(inline=True)
 def _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices, w_values,
-                    bias, dense, out, stats):
+                    pairs, copies, bias, dense, out, stats):
     """The first layer straight from the sparse input rows, written to tiles ``out``.
 
     Each input nonzero ``x`` at neuron ``k`` adds ``x * W[k, :]`` (the row of
-    ``W``, CSR) to its lane: work in proportion to the images' pixels, not
-    to the layer's width, and no dense input tile to build. The sums hold
-    the same terms as the gather's, in another order, which the rounding
-    band covers. Returns the multiply-adds done.
+    ``W``, CSR, holding only the columns ``pairs`` computes; see
+    :func:`_column_pairs`) to its lane: work in proportion to the images'
+    pixels, not to the layer's width, and no dense input tile to build. The
+    other columns are copied. The sums hold the same terms as the gather's,
+    in another order, which the rounding band covers. Returns the
+    multiply-adds done.
     """
     n_tiles, n_out, width = out.shape
     n_terms = 0
     # One row's sums in a small contiguous accumulator (L1), then copied into
     # the tile's lane: scattering into the tile itself strides by a lane's width.
-    acc = np.empty(n_out)
+    acc = np.zeros(n_out)
     for tile in range(n_tiles):
         block = out[tile]
         for lane in range(width):
-            acc[:] = 0.0
             row = lane_rows[tile * width + lane]
             if row >= 0:
                 for q in range(in_indptr[row], in_indptr[row + 1]):
@@ -353,27 +368,33 @@ def _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_ind
                     for p in range(w_indptr[k], w_indptr[k + 1]):
                         acc[w_indices[p]] += x * w_values[p]
                     n_terms += w_indptr[k + 1] - w_indptr[k]
-            for j in range(n_out):
-                block[j, lane] = acc[j]
+            for pair in range(pairs.shape[0]):
+                for j in (pairs[pair, 0], pairs[pair, 1]):
+                    if j >= 0:
+                        block[j, lane] = acc[j]
+                        acc[j] = 0.0
         tile_stats = stats[tile]
         _start_stats(tile_stats)
-        for j in range(n_out):
-            _finish_column(block[j], bias, dense, tile_stats)
+        for pair in range(pairs.shape[0]):
+            for j in (pairs[pair, 0], pairs[pair, 1]):
+                if j >= 0:
+                    _finish_column(block[j], bias, dense, tile_stats)
+            _copy_columns(block, pairs, copies, pair)
     return n_terms
 
 
 @_kernel()
 def _scatter_inputs_dense(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices,
-                          w_values, bias, out, stats):
+                          w_values, pairs, copies, bias, out, stats):
     return _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices,
-                           w_values, bias, True, out, stats)
+                           w_values, pairs, copies, bias, True, out, stats)
 
 
 @_kernel()
 def _scatter_inputs_structural(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices,
-                               w_values, bias, out, stats):
+                               w_values, pairs, copies, bias, out, stats):
     return _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices,
-                           w_values, bias, False, out, stats)
+                           w_values, pairs, copies, bias, False, out, stats)
 
 
 @_kernel()
@@ -445,7 +466,7 @@ def _tile_view(buffer, n_tiles, n_neurons, width):
 
 @_kernel()
 def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_base,
-             value_stride, pairs, pair_start, n_in, n_out, growth, max_terms, positive_growth, keeps, negative, settled_after,
+             value_stride, pairs, pair_start, copies, n_in, n_out, growth, max_terms, positive_growth, keeps, negative, settled_after,
              following, bias, tile, scatter_first, s_indptr, s_indices, s_values, in_indptr,
              in_indices, in_values, negative_inputs, buffer_a, buffer_b, stats_buffer, act_in_b,
              width, lane_rows, errors, saturated, n_saturated, flagged, n_flagged, live, computed,
@@ -456,7 +477,8 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
     entries in each per-layer table; ``g_indptr`` holds each layer's column
     pointers, already offset into ``g_indices``, from ``g_start[l]``; term
     ``p``'s weight is ``g_values[value_base[l] + value_stride[l] * p]``; the
-    column order is ``pairs[pair_start[l]:pair_start[l + 1]]``).
+    column order is ``pairs[pair_start[l]:pair_start[l + 1]]``, whose copy
+    positions index ``copies``; see :func:`_column_pairs`).
     ``following`` is ``(has_next, positive_growth, growth, max_terms)`` of the
     layer after the segment. ``settled_after[l]``: every layer of the network
     after layer ``l`` keeps saturated rows saturated.
@@ -518,22 +540,23 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
             if layer == 0 and scatter_first:
                 if dense:
                     work = _scatter_inputs_dense(in_indptr, in_indices, in_values, lane_rows,
-                                                 s_indptr, s_indices, s_values, bias, out, stats)
+                                                 s_indptr, s_indices, s_values, order, copies,
+                                                 bias, out, stats)
                 else:
                     work = _scatter_inputs_structural(in_indptr, in_indices, in_values, lane_rows,
-                                                      s_indptr, s_indices, s_values, bias, out,
-                                                      stats)
+                                                      s_indptr, s_indices, s_values, order, copies,
+                                                      bias, out, stats)
             else:
                 act = _tile_view(buffer_b if act_in_b else buffer_a, n_tiles, n_in[index], width)
                 if layer == 0:
                     _load_inputs(in_indptr, in_indices, in_values, lane_rows, act)
                 if dense:
-                    work = _gather_layer_dense(act, order, column_pointers, g_indices, g_values,
-                                               value_base[index], value_stride[index], bias, out,
-                                               stats)
+                    work = _gather_layer_dense(act, order, copies, column_pointers, g_indices,
+                                               g_values, value_base[index], value_stride[index],
+                                               bias, out, stats)
                 else:
-                    work = _gather_layer_structural(act, order, column_pointers, g_indices,
-                                                    g_values, value_base[index],
+                    work = _gather_layer_structural(act, order, copies, column_pointers,
+                                                    g_indices, g_values, value_base[index],
                                                     value_stride[index], bias, out, stats)
             multiply_adds[index] = work
             act_in_b = not act_in_b
@@ -698,11 +721,17 @@ class _Layer:
         index_type = np.uint16 if weights.shape[0] <= 2**16 else np.int32
         self.gather = (csc.indptr.astype(np.int64), csc.indices.astype(index_type),
                        np.ascontiguousarray(data[:1] if self.uniform else data))
-        self.pairs = _column_pairs(csc)
+        self.pairs, self.copies = _column_pairs(csc)
         self.scatter = None
         if first:
-            self.scatter = (weights.indptr.astype(np.int64), weights.indices.astype(np.int32),
-                            np.ascontiguousarray(weights.data))
+            # The rows of W restricted to the columns computed (the others are copies).
+            computed = np.zeros(weights.shape[1], dtype=bool)
+            computed[self.pairs[:, :2][self.pairs[:, :2] >= 0]] = True
+            rows = weights[:, np.flatnonzero(computed)]
+            rows = sp.csr_matrix((rows.data, np.flatnonzero(computed)[rows.indices], rows.indptr),
+                                 shape=weights.shape)
+            self.scatter = (rows.indptr.astype(np.int64), rows.indices.astype(np.int32),
+                            np.ascontiguousarray(rows.data))
 
     def __getattr__(self, name):
         # The summary's fields read as the layer's own (layer.n_in, layer.growth, ...).
@@ -737,46 +766,88 @@ class _Buffers:
 
 
 def _column_pairs(csc):
-    """The order the kernels take the columns in, as ``(column, partner or -1)`` rows.
+    """The order the kernels take the columns in: ``(pairs, copies)``.
 
-    Columns are sorted by a fingerprint of their inputs, so that columns
-    with the same inputs are side by side; neighbours with exactly the same
-    inputs (rows, in the same order) are paired, to be summed together: in
-    a run of identical neighbours the 1st with the 2nd, the 3rd with the
-    4th, ...
+    Columns are sorted by fingerprints of their inputs and weights, so that
+    like columns are side by side. A run of columns with exactly the same
+    inputs and weights (rows, in the same order, and bit-equal values: every
+    challenge layer's outputs come in such groups of 16 or 32) is computed
+    once, for its first column, and copied to the others: the same terms in
+    the same order give the same bits. Neighbouring computed columns with
+    the same inputs but other weights are paired, to be summed together.
+    Row ``i`` of ``pairs`` is ``(column, partner or -1, first, n_column,
+    n_partner)``: ``copies[first:first + n_column]`` take ``column``'s
+    values, the ``n_partner`` after them ``partner``'s.
     """
     counts = np.diff(csc.indptr)
     n_out = csc.shape[1]
     firsts = np.full(n_out, -1)
     firsts[counts > 0] = csc.indices[csc.indptr[:-1][counts > 0]]
-    sums = _column_totals(csc.indices.astype(np.float64), csc.indptr)
-    order = np.lexsort((sums, firsts, counts))
-    return _pair_neighbours(csc.indptr.astype(np.int64), csc.indices, order.astype(np.int64))
+    rows = csc.indices.astype(np.float64)
+    # Sums of rows and of squared rows are exact in float64 (< 2**53).
+    fingerprints = (_column_totals(csc.data, csc.indptr), _column_totals(rows * rows, csc.indptr),
+                    _column_totals(rows, csc.indptr), firsts, counts)
+    order = np.lexsort(fingerprints)
+    return _group_columns(csc.indptr.astype(np.int64), csc.indices,
+                          np.ascontiguousarray(csc.data).view(np.int64), order.astype(np.int64))
+
+
+@_kernel(inline=True)
+def _same_column(indptr, indices, value_bits, column, other, with_values):
+    """Whether two columns read the same rows in the same order (and, ``with_values``, weights)."""
+    length = indptr[column + 1] - indptr[column]
+    if indptr[other + 1] - indptr[other] != length:
+        return False
+    for offset in range(length):
+        p, q = indptr[column] + offset, indptr[other] + offset
+        if indices[p] != indices[q] or (with_values and value_bits[p] != value_bits[q]):
+            return False
+    return True
 
 
 @_kernel()
-def _pair_neighbours(indptr, indices, order):
-    """Pair each column of ``order`` with the next when both read exactly the same inputs."""
-    pairs = np.empty((order.size, 2), dtype=np.int64)
-    n_pairs = 0
+def _group_columns(indptr, indices, value_bits, order):
+    """:func:`_column_pairs` from the sorted ``order``: runs of equal columns, then pairs."""
+    n_columns = order.size
+    computed = np.empty(n_columns, dtype=np.int64)
+    run_start = np.empty(n_columns + 1, dtype=np.int64)
+    n_computed = 0
     position = 0
-    while position < order.size:
+    while position < n_columns:
         column = order[position]
+        computed[n_computed] = column
+        run_start[n_computed] = position
+        n_computed += 1
+        position += 1
+        while position < n_columns and _same_column(indptr, indices, value_bits, column,
+                                                    order[position], True):
+            position += 1
+    run_start[n_computed] = n_columns
+    pairs = np.empty((n_computed, 5), dtype=np.int32)
+    copies = np.empty(n_columns - n_computed, dtype=np.int32)
+    n_pairs = n_copies = 0
+    run = 0
+    while run < n_computed:
+        column = computed[run]
         partner = -1
-        if position + 1 < order.size:
-            other = order[position + 1]
-            length = indptr[column + 1] - indptr[column]
-            if indptr[other + 1] - indptr[other] == length:
-                partner = other
-                for offset in range(length):
-                    if indices[indptr[column] + offset] != indices[indptr[other] + offset]:
-                        partner = -1
-                        break
+        if run + 1 < n_computed and _same_column(indptr, indices, value_bits, column,
+                                                 computed[run + 1], False):
+            partner = computed[run + 1]
         pairs[n_pairs, 0] = column
         pairs[n_pairs, 1] = partner
+        pairs[n_pairs, 2] = n_copies
+        for runs, slot in ((1, 3), (2, 4)):
+            n_run_copies = 0
+            if runs == 1 or partner >= 0:
+                first = run + runs - 1
+                for q in range(run_start[first] + 1, run_start[first + 1]):
+                    copies[n_copies] = order[q]
+                    n_copies += 1
+                    n_run_copies += 1
+            pairs[n_pairs, slot] = n_run_copies
         n_pairs += 1
-        position += 1 if partner < 0 else 2
-    return pairs[:n_pairs].copy()
+        run += 1 if partner < 0 else 2
+    return pairs[:n_pairs].copy(), copies
 
 
 def _as_inputs(inputs, n_features):
@@ -799,18 +870,19 @@ def _scatter_pays(layer, in_indptr, lane_rows):
     """Whether the first layer is cheaper scattered from the sparse inputs than gathered.
 
     Per input row, scattering costs a strided write per input nonzero and
-    outgoing weight; gathering costs building a dense tile column (``n_in``
-    values) plus the vectorised terms. The weights are measured on the real
-    images (about 106 pixels of 1024): the compacted first layer (2 outgoing
-    weights per input) runs 1.7x faster scattered, the original (32) 1.8x
-    slower.
+    outgoing weight of a computed column (copies aside); gathering costs
+    building a dense tile column (``n_in`` values) plus the vectorised terms.
+    The weights are measured on the real images (about 106 pixels of 1024):
+    the compacted first layer (2 outgoing weights per input) runs 1.7x
+    faster scattered, the original (32) 1.8x slower before equal columns
+    were computed once.
     """
     rows = lane_rows[lane_rows >= 0]
     if rows.size == 0 or layer.n_in == 0:
         return False
     pixels = float(np.mean(in_indptr[rows + 1] - in_indptr[rows]))
-    out_degree = layer.scatter[0][-1] / layer.n_in
-    return 25.0 * pixels * out_degree < 10.0 * layer.n_in + layer.scatter[0][-1]
+    terms = layer.scatter[0][-1]
+    return 25.0 * pixels * terms / layer.n_in < 10.0 * layer.n_in + terms
 
 
 class _Packed:
@@ -845,8 +917,13 @@ class _Packed:
         self.g_values = _concatenate([layer.gather[2] for layer in layers], np.float64)
         self.value_base = np.array(value_base, dtype=np.int64)
         self.value_stride = np.array(value_stride, dtype=np.int64)
-        self.pairs = np.concatenate([layer.pairs for layer in layers]).astype(np.int32) \
-            if layers else np.empty((0, 2), dtype=np.int32)
+        # Each layer's copy positions, offset into the segment's copies.
+        offsets = np.cumsum([0] + [layer.copies.size for layer in layers])
+        self.pairs = np.concatenate(
+            [layer.pairs + np.array([0, 0, offset, 0, 0], dtype=np.int32)
+             for layer, offset in zip(layers, offsets)]).astype(np.int32) \
+            if layers else np.empty((0, 5), dtype=np.int32)
+        self.copies = _concatenate([layer.copies for layer in layers], np.int32)
         self.pair_start = np.cumsum([0] + [len(layer.pairs) for layer in layers]).astype(np.int64)
         self.n_in = np.array([layer.n_in for layer in layers], dtype=np.int64)
         self.n_out = np.array([layer.n_out for layer in layers], dtype=np.int64)
@@ -868,7 +945,7 @@ class _Packed:
 
     def tables(self):
         return (self.g_indptr, self.g_start, self.g_indices, self.g_values, self.value_base,
-                self.value_stride, self.pairs, self.pair_start, self.n_in, self.n_out,
+                self.value_stride, self.pairs, self.pair_start, self.copies, self.n_in, self.n_out,
                 self.growth, self.max_terms, self.positive_growth, self.keeps, self.negative,
                 self.settled_after)
 
