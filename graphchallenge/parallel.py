@@ -242,7 +242,7 @@ def run(cfg, data_dir=None, engine="auto", n_inputs=None, tile=1, network_dir=No
 
 
 def bench(cfg, data_dir=None, engine_names=("cpu", "reference", "graphblas"), repeat=3, tile=1,
-          n_inputs=None, network_dir=None, progress=False):
+          n_inputs=None, network_dir=None, progress=False, truth_inputs=None):
     """:func:`graphchallenge.bench.bench` with every engine data-parallel over the MPI ranks.
 
     Serial outside an MPI launch. Returns the BenchReport on rank 0 and
@@ -254,21 +254,24 @@ def bench(cfg, data_dir=None, engine_names=("cpu", "reference", "graphblas"), re
     collective = _Collective(comm) if comm is not None else None
     if comm is not None:
         collective("comparing options", _check_agreement, comm,
-                   (cfg.name, tuple(engine_names), repeat, tile, n_inputs, str(network_dir)),
-                   _kind(engine_names))
+                   (cfg.name, tuple(engine_names), repeat, tile, n_inputs, str(network_dir),
+                    truth_inputs), _kind(engine_names))
         challenge, challenge_edges = collective("loading the data", runner.load, cfg, data_dir,
-                                                n_inputs, network_dir)
+                                                n_inputs, network_dir, truth_inputs is None)
 
         def make_engine(name):
             options = _engine_options(name, None, comm)
             return DistributedEngine(engines.get_engine(name, **options), comm)
 
         report = collective("benchmarking", bench_mod.bench, challenge, engine_names, repeat,
-                            tile, progress and rank == 0, challenge_edges, make_engine)
+                            tile, progress and rank == 0, challenge_edges, make_engine,
+                            truth_inputs)
         report.ranks = comm.Get_size()
         return report if rank == 0 else None
-    challenge, challenge_edges = runner.load(cfg, data_dir, n_inputs, network_dir)
-    return bench_mod.bench(challenge, engine_names, repeat, tile, progress, challenge_edges)
+    challenge, challenge_edges = runner.load(cfg, data_dir, n_inputs, network_dir,
+                                             truth_inputs is None)
+    return bench_mod.bench(challenge, engine_names, repeat, tile, progress, challenge_edges,
+                           truth_inputs=truth_inputs)
 
 
 def exit_status(comm, status):

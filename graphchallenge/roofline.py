@@ -7,7 +7,8 @@ in the L1 cache) and the bytes per second memory can deliver
 of the engine, :func:`roofline` sets against them, per group of layers, the
 multiply-adds the kernels counted (``details["multiply_adds"]``) and the
 activation bytes the tiles must move at least (each computed row's inputs
-read and its outputs written once, ``8 * (n_in + n_out)`` bytes), both per
+read and its outputs written once, ``8 * (n_in + n_out)`` bytes; a first
+layer scattered from the images reads 12 bytes a pixel instead), both per
 core over the layer's measured time.
 
 Examples
@@ -43,11 +44,12 @@ def _compiled(function):
     return numba.njit(cache=True, nogil=True, fastmath={"contract"})(function)
 
 
-def _accumulate_rounds(n_rounds):
+def _accumulate_rounds(n_rounds, threads):
     """The engine's own column sum (``cpu._accumulate``) ``n_rounds`` times on L1-resident data.
 
     Its rate is the best the gather can do when nothing waits for memory:
-    the compute roof of the roofline.
+    the compute roof of the roofline. Returns a callable per thread, each
+    with data of its own (shared data would bounce between the caches).
     """
     from .engines.cpu import _accumulate
 
@@ -59,12 +61,18 @@ def _accumulate_rounds(n_rounds):
             total += acc[0]
         return total
 
-    source = np.random.default_rng(0).random((_TERMS, _LANES))
+    rng = np.random.default_rng(0)
     rows = np.arange(_TERMS, dtype=np.uint16)
     weights = np.full(_TERMS, 1 / 16)
-    acc = np.empty(_LANES)
-    rounds(source, rows, weights, acc, 1)
-    return lambda: rounds(source, rows, weights, acc, n_rounds)
+    data = [(rng.random((_TERMS, _LANES)), np.empty(_LANES)) for _ in range(threads)]
+    rounds(data[0][0], rows, weights, data[0][1], 1)
+    turns = itertools.count()
+
+    def run():
+        source, acc = data[next(turns) % threads]
+        rounds(source, rows, weights, acc, n_rounds)
+
+    return run
 
 
 @_compiled
@@ -108,7 +116,7 @@ def measure_machine(threads=None, triad_bytes=256 * 2**20, repeat=5):
         raise EngineUnavailable("the roofline needs numba: pip install numba")
     threads = threads or len(os.sched_getaffinity(0))
     n_rounds = 200_000
-    accumulate = _accumulate_rounds(n_rounds)
+    accumulate = _accumulate_rounds(n_rounds, threads)
     peak = max(threads * n_rounds * _TERMS * _LANES / _on_threads(threads, accumulate)
                for _ in range(repeat))
     size = triad_bytes // 24 // threads
@@ -196,6 +204,9 @@ def roofline(network, inputs, engine=None, limits=None, repeat=3):
     computed = np.asarray(result.details["computed_rows"], dtype=np.int64)
     widths = np.array([n_in + n_out for n_in, n_out in network.shapes], dtype=np.int64)
     activation_bytes = 8 * computed * widths
+    if result.details.get("first_layer") == "scatter":
+        # Scattered from the sparse images: 12 bytes a pixel in, the dense tile out.
+        activation_bytes[0] = 12 * inputs.nnz + 8 * computed[0] * network.shapes[0][1]
     report = RooflineReport(network.name, inputs.shape[0], result.infer_seconds, limits)
     for start, stop in _groups(network.n_layers):
         spent = float(seconds[start:stop].sum())

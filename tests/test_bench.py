@@ -112,3 +112,47 @@ def test_cli_bad_engine_is_one_line(generated_dir, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "unknown engine 'nope'" in err
+
+
+def test_truth_from_the_reference_on_the_first_rows(small_challenge, monkeypatch):
+    # No truth file: the reference decides the first 60 rows, untimed, and
+    # every engine's categories among them must match it.
+    untruthful = Challenge(None, small_challenge.network, small_challenge.inputs, None)
+    report = bench.bench(untruthful, ["cpu", "reference"], repeat=1, truth_inputs=60)
+    assert report.passed and report.truth_source == "reference on first 60 inputs"
+    assert "reference on first 60 inputs" in report.text()
+    # An engine wrong on one of those rows fails; a wrong row beyond them is not seen.
+    cpu = engines.get_engine("cpu")
+    truth = set(small_challenge.truth.tolist())
+    inside = min(set(range(1, 61)) - truth)
+    outside = min(set(range(61, 151)) - truth)
+
+    class OneRowWrong:
+        name = "cpu"
+
+        def __init__(self, row):
+            self.row = row
+
+        def infer(self, network, inputs, progress=False):
+            result = cpu.infer(network, inputs)
+            result.categories = np.union1d(result.categories, [self.row])
+            return result
+
+    for row, passed in ((inside, False), (outside, True)):
+        report = bench.bench(untruthful, ["cpu"], repeat=1, truth_inputs=60,
+                             make_engine=lambda name, row=row: OneRowWrong(row))
+        assert report.passed is passed
+
+
+def test_cli_truth_inputs_needs_no_truth_file(generated_dir, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "no-truth"
+    shutil.copytree(generated_dir, folder)
+    for truth in folder.rglob("*categories*"):
+        truth.unlink()
+    code = main(["bench", "--neurons", "1024", "--layers", "8", "--data-dir", str(folder),
+                 "--engines", "cpu", "--repeat", "1", "--truth-inputs", "50", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["passed"] is True
+    assert report["truth_source"] == "reference on first 50 inputs"

@@ -16,6 +16,7 @@ def add_arguments(parser):
     parser.add_argument("--repeat", type=int, default=3, metavar="R",
                         help="timed runs per engine; the median is reported (default 3)")
     _common.add_input_selection(parser)
+    _common.add_truth_inputs(parser)
     parser.add_argument("--plot", default=None, metavar="FILE.png",
                         help="draw each engine's rate and speed-up (needs matplotlib)")
     _common.add_json(parser)
@@ -35,7 +36,8 @@ def main(args):
     # Serial unless started by an MPI launcher; then report is None on ranks > 0.
     report = parallel.bench(cfg, _common.resolve_data_dir(args), names, repeat=args.repeat,
                             tile=args.tile, n_inputs=args.inputs, network_dir=args.network,
-                            progress=_common.progress(args) and rank == 0)
+                            progress=_common.progress(args) and rank == 0,
+                            truth_inputs=args.truth_inputs)
 
     def publish(report):
         if args.plot:

@@ -4,14 +4,25 @@ Inputs are processed in chunks of rows; inside a chunk, layer after layer,
 the rows still alive are packed into tiles of :data:`TILE` rows stored
 neuron-major (``tile x neuron x row``), so that gathering a column's
 inputs is a run of contiguous vector multiply-adds. One pass per column
-fuses the sum, the bias, ReLU, the clamp and the bookkeeping below;
-columns that read the same inputs run one after the other, while those
-inputs are in L1, and two at a time where their inputs are exactly the
-same. Inputs that are zero across a whole tile are skipped. (Sparse
-alternatives, scattering each row's nonzeros through the rows of ``W``,
-measured slower even on the ~10% dense images.)
-Threads take whole chunks (the kernels release the GIL), so no thread
-ever waits for another between layers.
+fuses the sum, the bias, ReLU, the clamp and the bookkeeping below. A
+column equal to one already computed (the same inputs and weights: every
+challenge layer's outputs come in groups of 16 or 32) is copied, not
+summed again; columns that read the same inputs run one after the other,
+while those inputs are in L1, and two at a time where their inputs are
+exactly the same. Inputs that are zero across a whole tile are skipped. A
+first layer whose computed columns have few weights per input (the
+challenge's, copies aside, or a compacted one) is scattered straight from
+the sparse images instead.
+
+A chunk crosses the network in one compiled call (:func:`_forward`): the
+bookkeeping between layers runs in numba too, so a layer costs no Python
+and no lock, and threads take whole chunks (the kernels release the GIL),
+so no thread waits for another between layers. The few rows left once the
+others died or saturated share narrow tiles (8 to 64 lanes), and a chunk
+whose rows have all settled for good stops. A network too large to hold
+(streamed from files, or generated layers rebuilt on demand) is
+summarized once and converted a segment at a time, as chunks reach it
+(:class:`_Streamed`).
 
 Exactness. Sums run in float64 but in another order than scipy's, so
 each row carries a bound ``e`` on how far its values are from exact
@@ -25,12 +36,14 @@ the next layer, and a row whose values are all provably clamped is exact
 again (``e = 0``). Only a row's final verdict can be in doubt (no value
 provably above 0, some not provably 0): such rows, few or none, are
 recomputed by the reference (:func:`~graphchallenge.engines.exactness.recheck`).
-With a bias >= 0 a structural zero is not continuous with a small value,
-so rows with a value within the band of 0 (or, where weights or inputs are
-negative, a sum within the band of 0) go to the reference at once.
-float32 would not do: the bound doubles every layer (column abs-sums of
-2) from a unit roundoff 2**29 times larger, and covers most values within
-a dozen layers.
+So is, at once, a row whose band has grown to span [0, 32]: its values
+hover between the thresholds (a few real images do so for 50 layers) and
+no later layer could settle it. With a bias >= 0 a structural zero is not
+continuous with a small value, so rows with a value within the band of 0
+(or, where weights or inputs are negative, a sum within the band of 0) go
+to the reference at once. float32 would not do: the bound doubles every
+layer (column abs-sums of 2) from a unit roundoff 2**29 times larger, and
+covers most values within a dozen layers.
 
 After each layer a row leaves the tiles when it
 
@@ -1051,6 +1064,7 @@ class _ChunkOutcome:
     computed_rows: np.ndarray  # per layer: rows the layer was computed for
     multiply_adds: np.ndarray  # per layer: multiply-adds done (lanes x terms summed)
     layer_seconds: np.ndarray
+    scattered: bool  # the first layer was scattered from the sparse inputs
 
 
 def _run_chunk(rows, segments, bias, inputs, negative_inputs, buffers, n_layers, tile):
@@ -1095,7 +1109,7 @@ def _run_chunk(rows, segments, bias, inputs, negative_inputs, buffers, n_layers,
     total = cycles.sum()
     layer_seconds = cycles * (seconds / total) if total > 0 else np.zeros(n_layers)
     return _ChunkOutcome(survivors, flagged[:n_flagged].copy(), live, computed, multiply_adds,
-                         layer_seconds)
+                         layer_seconds, scatter_first)
 
 
 class CpuEngine(Engine):
@@ -1174,7 +1188,7 @@ class CpuEngine(Engine):
                 self._compiled = True
             if self._prepared is None or self._prepared[0] is not network:
                 self._prepared = None  # the last network's tables go first
-                tables = (_pack(network) if isinstance(network.layers, list)
+                tables = (_pack(network, progress) if isinstance(network.layers, list)
                           else _Streamed(network, self.streamed_bytes, progress))
                 self._prepared = (network, tables)
         return timer.seconds
@@ -1243,7 +1257,8 @@ class CpuEngine(Engine):
             rechecked_rows=int(flagged.size),
             details={"threads": n_workers, "chunks": len(starts), "chunk_rows": chunk_rows,
                      "tile": tile, "computed_rows": computed_rows,
-                     "multiply_adds": multiply_adds})
+                     "multiply_adds": multiply_adds,
+                     "first_layer": "scatter" if any(o.scattered for o in outcomes) else "gather"})
 
 
 def _column_sums(per_chunk, n_layers, kind):
@@ -1259,9 +1274,12 @@ def _layers(network):
         yield _Layer(weights, network.bias, original, first=index == 0)
 
 
-def _pack(network):
+def _pack(network, progress=False):
     """An in-memory network as one :class:`_Packed` segment."""
-    layers = list(_layers(network))
+    from tqdm import tqdm
+
+    layers = list(tqdm(_layers(network), total=network.n_layers, desc="convert layers",
+                       unit="layer", disable=not progress, leave=False))
     return _Packed(layers, 0, network.n_layers, _settled_after(layers))
 
 
