@@ -686,18 +686,53 @@ def _summarize(weights, bias, original=None):
     how it was read.
     """
     n_in, n_out = weights.shape
-    columns, data = weights.indices, weights.data
-    counts = np.bincount(columns, minlength=n_out)
-    abs_sums = np.bincount(columns, weights=np.abs(data), minlength=n_out)
+    data = weights.data
+    counts, abs_sums, positive_sums, sums = _column_statistics(weights.indices, data, n_out)
     growth, max_terms = exactness.widen(float(abs_sums.max(initial=0.0)),
                                         int(counts.max(initial=0)), original)
     # On inputs in [0, y] no output exceeds positive_growth * y (before the bias).
-    positive_growth = float(np.bincount(columns, weights=np.maximum(data, 0.0),
-                                        minlength=n_out).max(initial=0.0))
-    sums = np.bincount(columns, weights=data, minlength=n_out)
+    positive_growth = float(positive_sums.max(initial=0.0))
     return _Summary(n_in, n_out, growth, max_terms, positive_growth,
                     _keeps_saturated(sums, growth, max_terms, bias),
                     bool(data.size and data.min() < 0))
+
+
+@_kernel()
+def _column_statistics(columns, values, n_out):
+    """Per column of a CSR layer: its nonzeros, and the sums of ``|w|``, ``max(w, 0)`` and ``w``.
+
+    One pass in storage order (the sums' order is fixed, whoever calls).
+    """
+    counts = np.zeros(n_out, dtype=np.int64)
+    abs_sums = np.zeros(n_out)
+    positive_sums = np.zeros(n_out)
+    sums = np.zeros(n_out)
+    for p in range(columns.size):
+        column, value = columns[p], values[p]
+        counts[column] += 1
+        abs_sums[column] += abs(value)
+        positive_sums[column] += max(value, 0.0)
+        sums[column] += value
+    return counts, abs_sums, positive_sums, sums
+
+
+@_kernel()
+def _transpose(indptr, indices, values, n_out):
+    """CSR to CSC (column pointers, row indices, values), rows ascending in every column."""
+    counts = np.zeros(n_out + 1, dtype=np.int64)
+    for p in range(indices.size):
+        counts[indices[p] + 1] += 1
+    column_pointers = np.cumsum(counts)
+    filled = column_pointers[:-1].copy()
+    rows = np.empty(indices.size, dtype=np.int32)
+    column_values = np.empty(indices.size)
+    for row in range(indptr.size - 1):
+        for p in range(indptr[row], indptr[row + 1]):
+            q = filled[indices[p]]
+            rows[q] = row
+            column_values[q] = values[p]
+            filled[indices[p]] += 1
+    return column_pointers, rows, column_values
 
 
 def _keeps_saturated(column_sums, growth, max_terms, bias):
@@ -727,8 +762,13 @@ class _Layer:
     def __init__(self, weights, bias, original=None, first=False):
         weights = sp.csr_matrix(weights, dtype=np.float64)
         self.summary = _summarize(weights, bias, original)
-        csc = weights.tocsc()
-        csc.sort_indices()
+        if not weights.has_canonical_format:
+            # Duplicate entries summed, indices sorted: on a copy (the layer may be read-only).
+            weights = weights.copy()
+            weights.sum_duplicates()
+        column_pointers, rows, values = _transpose(weights.indptr, weights.indices, weights.data,
+                                                   weights.shape[1])
+        csc = sp.csc_matrix((values, rows, column_pointers), shape=weights.shape)
         data = csc.data
         self.uniform = bool(data.size and data.min() == data.max())
         index_type = np.uint16 if weights.shape[0] <= 2**16 else np.int32
