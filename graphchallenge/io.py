@@ -476,7 +476,7 @@ def save_csr_rows(dest, blocks, n_cols, value=1.0):
 _CONSTANT_ARRAYS = {}
 
 
-def _constant_array(size, value):
+def constant_array(size, value):
     """A read-only array of ``size`` copies of ``value``, shared by every caller.
 
     All layers of a challenge network hold the same value (1/16) in the same
@@ -526,7 +526,7 @@ def load_csr(path, key=None, mmap=False):
     index = np.dtype(header["index"])
     data = arrays.get("data")
     if data is None:
-        data = _constant_array(header["nnz"], header["constant"])
+        data = constant_array(header["nnz"], header["constant"])
     matrix = sp.csr_matrix(tuple(header["shape"]), dtype=np.float64)
     matrix.data = data
     matrix.indices = arrays["indices"].astype(index, copy=False)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from . import io
 from .errors import DataError, GraphChallengeError
 
 #: Recorded in ``generated.json``; bump when the generated files change for the same seed.
@@ -146,7 +147,8 @@ def radixnet_layer(neurons, k, seed=0, permute=True):
     per_row = 2 * _KRON
     indices = columns_of_class[row_class].ravel()
     indptr = np.arange(0, per_row * neurons + 1, per_row, dtype=np.int32)
-    layer = sp.csr_matrix((np.full(indices.size, WEIGHT), indices, indptr),
+    # Every layer of a size shares one read-only array of weights (as cached layers do).
+    layer = sp.csr_matrix((io.constant_array(indices.size, WEIGHT), indices, indptr),
                           shape=(neurons, neurons))
     layer.has_sorted_indices = True
     return layer
