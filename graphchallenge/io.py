@@ -73,28 +73,10 @@ def _read_fast(path):
 
 def _read_slow(path):
     """Parse line by line (any whitespace); raise DataError at the first bad line."""
-    rows, cols, values = [], [], []
-    try:
-        with _open_text(path) as handle:
-            for lineno, line in enumerate(handle, 1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if len(fields) != 3:
-                    raise DataError(f"{path}:{lineno}: expected 3 fields (row, column, value), "
-                                    f"got {len(fields)}: {line.strip()[:60]!r}")
-                try:
-                    row, col, value = (float(field) for field in fields)
-                except ValueError:
-                    raise DataError(f"{path}:{lineno}: not a number: {line.strip()[:60]!r}") from None
-                rows.append(row)
-                cols.append(col)
-                values.append(value)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: cannot read ({exc}); the file may be truncated or corrupt; "
-                        "delete it and download it again") from None
-    return (np.array(rows, dtype=np.float64), np.array(cols, dtype=np.float64),
-            np.array(values, dtype=np.float64))
+    blocks = list(_blocks_slow(path))
+    if not blocks:
+        return tuple(np.empty(0) for _ in range(3))
+    return tuple(np.concatenate(parts) for parts in zip(*blocks))
 
 
 def _index_error(path, position, message):
