@@ -221,7 +221,7 @@ def entry_format(entry):
 
 
 def generated_layers(neurons, n_layers, data_dir):
-    """The layers of a binary generated challenge in ``data_dir``, rebuilt from its record; else None.
+    """The layers of a binary generated challenge in ``data_dir``, rebuilt from its record, or None.
 
     A binary generated challenge stores no layer files: ``generated.json``
     names the RadiX-Net (neurons, seed, permutations), whose layers are

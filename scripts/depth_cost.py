@@ -19,7 +19,7 @@ from graphchallenge.validate import validate
 
 
 def measure(neurons, depths, data_dir, engine_name, repeat, truth_inputs):
-    """Median inference seconds per depth, each run validated; returns ``{depth: (median, runs)}``."""
+    """Median inference seconds per depth, every run validated: ``{depth: (median, runs)}``."""
     runs = {}
     for layers in depths:
         challenge, _ = runner.load(catalog.config(neurons, layers), data_dir,

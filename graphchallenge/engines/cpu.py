@@ -260,7 +260,7 @@ def _accumulate_pair(acc, other_acc, source, rows, weights, other_weights, n_ter
 
 @_kernel(inline=True)
 def _copy_columns(block, pairs, copies, pair):
-    """Columns equal to the ones of ``pairs[pair]`` get their values (their statistics are the same)."""
+    """Columns equal to those of ``pairs[pair]`` get their values (and have the same statistics)."""
     j, other, first, n_column = pairs[pair, 0], pairs[pair, 1], pairs[pair, 2], pairs[pair, 3]
     for copy in range(first, first + n_column + pairs[pair, 4]):
         values = block[j] if copy < first + n_column else block[other]
@@ -479,9 +479,10 @@ def _tile_view(buffer, n_tiles, n_neurons, width):
 
 @_kernel()
 def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_base,
-             value_stride, pairs, pair_start, copies, n_in, n_out, growth, max_terms, positive_growth, keeps, negative, settled_after,
-             following, bias, tile, scatter_first, s_indptr, s_indices, s_values, in_indptr,
-             in_indices, in_values, negative_inputs, buffer_a, buffer_b, stats_buffer, act_in_b,
+             value_stride, pairs, pair_start, copies, n_in, n_out, growth, max_terms,
+             positive_growth, keeps, negative, settled_after, following, bias, tile, scatter_first,
+             s_indptr, s_indices, s_values, in_indptr, in_indices, in_values, negative_inputs,
+             buffer_a, buffer_b, stats_buffer, act_in_b,
              width, lane_rows, errors, saturated, n_saturated, flagged, n_flagged, live, computed,
              multiply_adds, cycles):
     """Follow one chunk's tiles through a segment of packed layers, all in compiled code.
@@ -501,8 +502,9 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
     the rows' ``errors``, ``saturated[:n_saturated]`` and
     ``flagged[:n_flagged]``. Per layer it writes the rows not known to be
     dead (``live``), the rows it computed (``computed``), the multiply-adds
-    done (``multiply_adds``) and the cycles spent (``cycles``). Returns ``(act_in_b, width, lane_rows, errors, n_saturated,
-    n_flagged, done)``; ``done``: no later layer can change any verdict.
+    done (``multiply_adds``) and the cycles spent (``cycles``). Returns
+    ``(act_in_b, width, lane_rows, errors, n_saturated, n_flagged, done)``;
+    ``done``: no later layer can change any verdict.
     """
     has_next, next_positive_growth, next_growth, next_max_terms = following
     n_layers = n_in.size
@@ -629,7 +631,8 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
                     else:
                         keep[lane] = True
                         n_kept += 1
-            # Repacking costs about a third of a layer: worth it when it frees a quarter of the lanes.
+            # Repacking costs about a third of a layer: worth it when it frees a quarter
+            # of the lanes.
             new_width = _width_for(n_kept, tile)
             n_new = -(-n_kept // new_width) * new_width
             if 4 * (n_lanes - n_new) >= n_lanes:
