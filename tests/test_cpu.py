@@ -395,8 +395,9 @@ def test_multiply_adds_are_counted_as_done(engine, rng, monkeypatch):
 def test_compiled_error_bound_is_the_bounds_module_formula(rng):
     errors, growth = rng.random(200) * 10.0 ** rng.integers(-16, 2, 200), rng.random(200) * 4
     terms, bias = rng.integers(1, 100, 200), rng.random(200) - 0.5
-    compiled = np.array([cpu._next_error(*values) for values in zip(errors, growth, terms, bias)])
-    expected = bounds.next_error(errors, growth, terms, bias)
+    scale = 32.0 + 1e6 * (rng.random(200) < 0.2) * rng.random(200)
+    compiled = np.array([cpu._next_error(*values) for values in zip(errors, growth, terms, bias, scale)])
+    expected = bounds.next_error(errors, growth, terms, bias, scale=scale)
     np.testing.assert_allclose(compiled, expected, rtol=4 * np.finfo(float).eps, atol=0)
 
 

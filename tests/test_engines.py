@@ -1,5 +1,6 @@
 """The same checks on every engine available here (GPU engines carry the gpu marker)."""
 
+import numpy as np
 import pytest
 import scipy.sparse as sp
 
@@ -54,3 +55,45 @@ def test_empty_input_rows_are_not_categories(engine, rng):
     network = Network([random_layer(rng, 16, 16, 4, weight=0.5)], -0.1)
     inputs = sp.csr_matrix((3, 16))
     assert engine.infer(network, inputs).categories.size == 0
+
+
+# Cases a review's differential fuzzing found (each once gave the wrong answer on the cpu
+# engine's gather path; the first and the last on its scatter path too, or on others).
+
+@pytest.mark.parametrize("first_layer", ["scatter", "gather"])
+def test_inputs_far_above_32_get_a_bound_that_covers_them(engine, monkeypatch, first_layer):
+    # scipy sums 1e16 + 1 - 1e16 + 1 = 1 in order; four terms paired give 0. A bound
+    # that takes inputs to be at most 32 would trust either answer.
+    from graphchallenge.engines import cpu
+
+    monkeypatch.setattr(cpu, "_scatter_pays", lambda *args: first_layer == "scatter")
+    network = Network([sp.csr_matrix(np.ones((4, 1)))], -0.5)
+    inputs = sp.csr_matrix(np.array([[1e16, 1.0, -1e16, 1.0], [3e3, 0.0, 0.0, 0.0]]))
+    assert forward_categories(network.layers, -0.5, inputs).tolist() == [1, 2]
+    assert engine.infer(network, inputs).categories.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("first_layer", ["scatter", "gather"])
+def test_an_input_entry_given_twice_counts_twice(engine, monkeypatch, first_layer):
+    from graphchallenge.engines import cpu
+
+    monkeypatch.setattr(cpu, "_scatter_pays", lambda *args: first_layer == "scatter")
+    network = Network([sp.csr_matrix(np.ones((2, 1)))], -0.75)
+    # Row 1 holds 0.5 twice at column 0 (so 1.0, as MATLAB's sparse() would add them).
+    inputs = sp.csr_matrix((np.array([0.5, 0.5, 0.5]), np.array([0, 0, 1]), np.array([0, 2, 3])),
+                           shape=(2, 2))
+    assert not inputs.has_canonical_format
+    before = inputs.data.copy()
+    assert forward_categories(network.layers, -0.75, inputs).tolist() == [1]
+    assert engine.infer(network, inputs).categories.tolist() == [1]
+    assert (inputs.data == before).all() and not inputs.has_canonical_format  # not mutated
+
+
+def test_subnormal_weights_and_bias_are_covered(engine):
+    # With fused multiply-adds u * 0.5 + u rounds to 2u, in scipy's two steps to u:
+    # z + bias is u or 0. Relative rounding alone is no bound in the subnormal range.
+    tiny = 2.0**-1074
+    network = Network([sp.csr_matrix(np.array([[tiny], [tiny]]))], -tiny)
+    inputs = sp.csr_matrix(np.array([[1.0, 0.5]]))
+    assert forward_categories(network.layers, -tiny, inputs).tolist() == []
+    assert engine.infer(network, inputs).categories.tolist() == []

@@ -320,7 +320,8 @@ class LayerConstants:
     growth : float
         Largest column abs-sum ``C`` of :mod:`bounds`.
     gamma : float
-        ``gamma(n_terms + 1)`` in float64.
+        ``gamma(n_terms + 1)`` in float64, folded with the underflow term
+        (:func:`graphchallenge.engines.exactness.folded_gamma`).
     keeps_saturation : bool
         A row of 32s (exact) comes out of this layer as 32s in the reference
         and here: ``32 * (smallest column sum) + bias - 32`` clears the
@@ -351,7 +352,8 @@ def layer_constants(layer, bias, original=None):
         smallest = float(layer.weights.sum(axis=0).min(initial=np.inf))
         signed = bool((layer.weights < 0).any())
     growth, n_terms = bounds.widen(growth, layer.n_terms, original)
-    gamma = bounds.gamma(n_terms + 1, bounds.unit_roundoff(np.float64))
+    # The kernels compute the bound with this gamma, which also covers underflow.
+    gamma = bounds.folded_gamma(growth, n_terms, bias)
     # Margin: the band (twice the error of a sum of exact inputs) plus the
     # error of this host-side column sum and of the exact value, each below it.
     margin = 4.0 * bounds.next_error(0.0, growth, n_terms, bias)

@@ -109,6 +109,7 @@ _EMPTY, _SATURATED = -1, -2
 #: The fewest lanes a tile has (a few straggling rows share one narrow tile).
 _MIN_WIDTH = 8
 _UNIT_ROUNDOFF = exactness.unit_roundoff(np.float64)
+_SMALLEST_SUBNORMAL = exactness.smallest_subnormal(np.float64)
 # Scatter tables for a segment without the network's first layer.
 _NO_SCATTER = (np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int32), np.empty(0))
 
@@ -452,11 +453,12 @@ def _cycles(typingctx):
 
 
 @_kernel(inline=True)
-def _next_error(error, growth, max_terms, bias):
+def _next_error(error, growth, max_terms, bias, scale):
     """:func:`exactness.next_error` for one row in float64, compiled (same formula, same order)."""
     n = max_terms + 1.0
     g = n * _UNIT_ROUNDOFF / (1.0 - n * _UNIT_ROUNDOFF)
-    return growth * error + g * (growth * (YMAX + error) + abs(bias))
+    return (growth * error + g * (growth * (scale + error) + abs(bias))
+            + n * _SMALLEST_SUBNORMAL)
 
 
 @_kernel(inline=True)
@@ -482,7 +484,7 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
              value_stride, pairs, pair_start, copies, n_in, n_out, growth, max_terms,
              positive_growth, keeps, negative, settled_after, following, bias, tile, scatter_first,
              s_indptr, s_indices, s_values, in_indptr, in_indices, in_values, negative_inputs,
-             buffer_a, buffer_b, stats_buffer, act_in_b,
+             input_scale, buffer_a, buffer_b, stats_buffer, act_in_b,
              width, lane_rows, errors, saturated, n_saturated, flagged, n_flagged, live, computed,
              multiply_adds, cycles):
     """Follow one chunk's tiles through a segment of packed layers, all in compiled code.
@@ -494,7 +496,8 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
     column order is ``pairs[pair_start[l]:pair_start[l + 1]]``, whose copy
     positions index ``copies``; see :func:`_column_pairs`).
     ``following`` is ``(has_next, positive_growth, growth, max_terms)`` of the
-    layer after the segment. ``settled_after[l]``: every layer of the network
+    layer after the segment. ``input_scale`` bounds the inputs' magnitudes
+    (:func:`exactness.input_scale`), as 32 bounds every later layer's. ``settled_after[l]``: every layer of the network
     after layer ``l`` keeps saturated rows saturated.
 
     The state of the chunk goes in and comes out: the tiles (in ``buffer_b``
@@ -577,6 +580,7 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
             act_in_b = not act_in_b
             # Sort the rows (see the module's docstring; the same tests as exactness.py's).
             mixed = negative[index] or (layer == 0 and negative_inputs)
+            scale = input_scale if layer == 0 else YMAX
             check_next = has_next or index < n_layers - 1
             if index < n_layers - 1:
                 after_positive_growth = positive_growth[index + 1]
@@ -593,10 +597,10 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
                 lane_stats = stats[lane // width, :, lane % width]
                 high, low = lane_stats[_HIGH], lane_stats[_LOW]
                 error = errors[lane]
-                band = 2.0 * _next_error(error, growth[index], max_terms[index], bias)
+                band = 2.0 * _next_error(error, growth[index], max_terms[index], bias, scale)
                 # Values provably clamped to 0 or 32 are exact; any other carries the error on.
                 if lane_stats[_MIDDLE] < YMAX / 2 + band:
-                    error = _next_error(error, growth[index], max_terms[index], bias)
+                    error = _next_error(error, growth[index], max_terms[index], bias, scale)
                 else:
                     error = 0.0
                 errors[lane] = error
@@ -626,7 +630,7 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
                     # next layer above 0 dies there: drop it now.
                     largest = min(max(high, 0.0), YMAX) + error
                     if check_next and (after_positive_growth * largest + bias + 2.0 * _next_error(
-                            error, after_growth, after_max_terms, bias) <= 0.0):
+                            error, after_growth, after_max_terms, bias, YMAX) <= 0.0):
                         n_doomed += 1
                     else:
                         keep[lane] = True
@@ -912,6 +916,10 @@ def _as_inputs(inputs, n_features):
         raise DataError(f"inputs have {inputs.shape[-1]} columns but the network's first layer "
                         f"has {n_features} inputs")
     x = sp.csr_matrix(inputs, dtype=np.float64)
+    if not x.has_canonical_format:
+        # An entry given twice counts twice, as in the product (on a copy: never mutate).
+        x = x.copy()
+        x.sum_duplicates()
     arrays = (x.indptr.astype(np.int64, copy=False), x.indices.astype(np.int32, copy=False),
               np.ascontiguousarray(x.data))
     # Read-only views: one kernel signature whether or not the inputs came
@@ -1110,11 +1118,12 @@ class _ChunkOutcome:
     scattered: bool  # the first layer was scattered from the sparse inputs
 
 
-def _run_chunk(rows, segments, bias, inputs, negative_inputs, buffers, n_layers, tile):
+def _run_chunk(rows, segments, bias, inputs, negative_inputs, input_scale, buffers, n_layers,
+               tile):
     """Follow input ``rows`` through the network's ``segments``; returns a :class:`_ChunkOutcome`.
 
     ``inputs`` are the CSR arrays of all inputs; ``negative_inputs`` tells
-    whether any of them is negative.
+    whether any of them is negative, ``input_scale`` bounds their magnitudes.
     """
     start = time.perf_counter()
     width = _width_for(rows.size, tile)
@@ -1140,7 +1149,8 @@ def _run_chunk(rows, segments, bias, inputs, negative_inputs, buffers, n_layers,
         span = slice(packed.first, packed.first + packed.n_layers)
         act_in_b, width, lane_rows, errors, n_saturated, n_flagged, done = _forward(
             packed.first, packed.last, *packed.tables(), following, bias, tile, scatter_first,
-            *scatter, *inputs, negative_inputs, buffer_a, buffer_b, stats_buffer, act_in_b,
+            *scatter, *inputs, negative_inputs, input_scale, buffer_a, buffer_b, stats_buffer,
+            act_in_b,
             width, lane_rows, errors, saturated, n_saturated, flagged, n_flagged, live[span],
             computed[span], multiply_adds[span], cycles[span])
         if done:
@@ -1262,6 +1272,7 @@ class CpuEngine(Engine):
         with Timer() as total:
             x = _as_inputs(inputs, network.n_features)
             negative_inputs = bool(x[2].size and x[2].min() < 0)
+            input_scale = exactness.input_scale(x[2])
             # One set of buffers per worker, handed from chunk to chunk, and kept
             # for the next call (fresh pages would fault in again every run).
             n_lanes = -(-chunk_rows // tile) * tile
@@ -1276,7 +1287,8 @@ class CpuEngine(Engine):
                 try:
                     return _run_chunk(np.arange(start, min(start + chunk_rows, n_rows)),
                                       _segments(prepared), network.bias, x,
-                                      negative_inputs, buffers, network.n_layers, tile)
+                                      negative_inputs, input_scale, buffers, network.n_layers,
+                                      tile)
                 finally:
                     idle_buffers.put(buffers)
 
@@ -1336,4 +1348,4 @@ def _warm_up():
     # (every kernel runs); then the kernel for biases >= 0.
     for network in (Network([one * 40.0, one, one * 0.5], -0.25), Network([one, one], 0.25)):
         _run_chunk(np.arange(2), _segments(_pack(network)), network.bias, inputs,
-                   False, _Buffers(TILE, 1), network.n_layers, TILE)
+                   False, YMAX, _Buffers(TILE, 1), network.n_layers, TILE)

@@ -70,8 +70,11 @@ def apply_layer(y, weights, bias):
 
 
 def float64_rows(inputs):
-    """``inputs`` as the reference starts from them: float64 CSR, no stored zeros, a copy."""
+    """``inputs`` as the reference starts from them: float64 CSR, duplicates summed, no stored
+    zeros, a copy."""
     y = sp.csr_matrix(inputs, dtype=np.float64, copy=True)
+    # MATLAB's sparse() adds up entries given twice; so does the product.
+    y.sum_duplicates()
     y.eliminate_zeros()
     return y
 
@@ -129,24 +132,54 @@ def layer_constants(weights):
     return float(sums.max(initial=0.0)), int(counts.max(initial=0))
 
 
-def next_error(error, growth, max_terms, bias, dtype=np.float64):
+def smallest_subnormal(dtype=np.float64):
+    """The smallest positive subnormal of ``dtype`` (2**-1074 for float64)."""
+    return float(np.finfo(dtype).smallest_subnormal)
+
+
+def next_error(error, growth, max_terms, bias, dtype=np.float64, scale=YMAX):
     """The bound ``e'`` on a layer's pre-activations, given the bound ``error`` on its inputs.
 
-    Works elementwise on arrays (one bound per row).
+    ``scale`` bounds the magnitude of the exact inputs: 32 after any layer,
+    the largest input value before the first (:func:`input_scale`). The last
+    term is what underflow adds on top of the relative rounding: each of a
+    sum's ``M + 1`` roundings (products, fused or not, and the bias) may
+    lose up to the smallest subnormal, whatever its relative size. Works
+    elementwise on arrays (one bound per row).
     """
     g = gamma(max_terms + 1, unit_roundoff(dtype))
-    return growth * error + g * (growth * (YMAX + error) + abs(bias))
+    return (growth * error + g * (growth * (scale + error) + abs(bias))
+            + (max_terms + 1) * smallest_subnormal(dtype))
 
 
-def band(error, growth, max_terms, bias, dtype=np.float64):
+def band(error, growth, max_terms, bias, dtype=np.float64, scale=YMAX):
     """Half-width of the band around 0 and 32 inside which a value is not trusted.
 
     ``error`` bounds the inputs of the fast engine in ``dtype``; the band
     adds the reference's own float64 error (bounded by the same recursion
     with the float64 roundoff, which is at most the fast engine's).
     """
-    fast = next_error(error, growth, max_terms, bias, dtype)
+    fast = next_error(error, growth, max_terms, bias, dtype, scale)
     return 2.0 * fast
+
+
+def input_scale(inputs):
+    """The ``scale`` of a network's first layer: 32, or the largest input magnitude if more."""
+    data = inputs.data if hasattr(inputs, "data") else np.asarray(inputs)
+    return max(YMAX, float(np.abs(data).max(initial=0.0)))
+
+
+def folded_gamma(growth, max_terms, bias, dtype=np.float64):
+    """A ``gamma`` for kernels that compute ``C e + gamma (C (32 + e) + |b|)`` themselves.
+
+    It also covers the underflow term of :func:`next_error`: since
+    ``C (32 + e) + |b| >= 32 C + |b|``, adding that term divided by
+    ``32 C + |b|`` to gamma bounds it for every ``e >= 0``.
+    """
+    g = gamma(max_terms + 1, unit_roundoff(dtype))
+    floor = YMAX * growth + abs(bias)
+    underflow = (max_terms + 1) * smallest_subnormal(dtype)
+    return g + (underflow / floor if floor > 0 else underflow) * (1 + 2 * unit_roundoff(dtype))
 
 
 def original_constants(network):

@@ -66,9 +66,11 @@ log = logging.getLogger(__name__)
 
 CUPY_MISSING = "CuPy is not installed: pip install graphchallenge[cuda12] or [cuda13]"
 
-# Inputs outside this magnitude range are rechecked: the bounds assume no underflow.
+# Inputs outside this magnitude range are rechecked: the kernels' bound takes the
+# first layer's inputs to be at most 32 in magnitude (as every later layer's are),
+# and assumes no underflow.
 TINY = 2.0**-900
-HUGE = 2.0**900
+HUGE = YMAX
 
 # Device memory kept free for CuPy, cuSPARSE work space and the driver.
 RESERVE_BYTES = 1 << 30
@@ -763,7 +765,7 @@ class CusparseEngine(_CupyEngine):
             growth, n_terms_max = bounds.widen(*bounds.layer_constants(host), original)
             weights_csr = self._device_csr(cupy, host)
             signed = bool((host.data < 0).any())
-        gamma = bounds.gamma(n_terms_max + 1, bounds.unit_roundoff(np.float64))
+        gamma = bounds.folded_gamma(growth, n_terms_max, bias)
         careful = bias >= 0 and (signed or careful_inputs)
         return weights_csr, growth, gamma, careful
 

@@ -70,15 +70,19 @@ class GraphblasEngine(Engine):
         n_rows = inputs.shape[0]
         layer_seconds = []
         with Timer() as total:
-            y = gb.io.from_scipy_sparse(inputs.tocsr().astype(np.float64))
-            negative_inputs = bool(inputs.nnz and inputs.data.min() < 0)
+            start = exactness.float64_rows(inputs)
+            y = gb.io.from_scipy_sparse(start)
+            negative_inputs = bool(start.nnz and start.data.min() < 0)
+            # The first layer's inputs may exceed 32 (the bound's scale after any layer).
+            first_scale = exactness.input_scale(start)
             errors = np.zeros(n_rows)
             flagged = np.zeros(n_rows, dtype=bool)
             for index, (weights, growth, max_terms, has_negative) in enumerate(
                     tqdm(layers, total=network.n_layers, desc=self.name, unit="layer",
                          disable=not progress, leave=False)):
                 with Timer() as step:
-                    band = exactness.band(errors, growth, max_terms, bias)
+                    scale = first_scale if index == 0 else YMAX
+                    band = exactness.band(errors, growth, max_terms, bias, scale=scale)
                     z = y.mxm(weights, gb.semiring.plus_times).new()
                     mixed = has_negative or (index == 0 and negative_inputs)
                     if not dense:
@@ -98,8 +102,8 @@ class GraphblasEngine(Engine):
                         flagged |= _row_min(gb, z, gb.unary.abs, n_rows) <= band
                     if index == network.n_layers - 1:
                         flagged |= _doubtful_verdicts(gb, z, band, bias, dense, n_rows)
-                    errors = np.where(inside, exactness.next_error(errors, growth, max_terms, bias),
-                                      0.0)
+                    errors = np.where(inside, exactness.next_error(errors, growth, max_terms, bias,
+                                                                   scale=scale), 0.0)
                     y = z.select(gb.select.valuegt, 0).new()
                     y << y.apply(gb.binary.min, right=YMAX)
                 layer_seconds.append(step.seconds)

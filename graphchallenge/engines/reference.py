@@ -71,6 +71,7 @@ class ReferenceEngine(Engine):
             result.rechecked_rows = inputs.shape[0]
             return result
         y = float64_rows(inputs)
+        first_scale = exactness.input_scale(y)
         error = np.zeros(y.shape[0])
         doubtful = np.zeros(y.shape[0], dtype=bool)
         live_rows, layer_seconds = [], []
@@ -86,10 +87,13 @@ class ReferenceEngine(Engine):
                         z = y @ weights
                         z.eliminate_zeros()
                         z.data += network.bias
-                        width = exactness.band(error, growth, max_terms, network.bias)
+                        scale = first_scale if k == 0 else YMAX
+                        width = exactness.band(error, growth, max_terms, network.bias,
+                                               scale=scale)
                         carry, doubtful = _classify(z, width, network.bias)
                         error = np.where(carry, exactness.next_error(error, growth, max_terms,
-                                                                  network.bias), 0.0)
+                                                                  network.bias, scale=scale),
+                                         0.0)
                         np.clip(z.data, 0.0, YMAX, out=z.data)
                         z.eliminate_zeros()
                         y = z
