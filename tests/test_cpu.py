@@ -357,6 +357,17 @@ def test_rows_hovering_between_the_thresholds_go_to_the_reference_early(engine):
     assert result.live_rows[-1] == 3
 
 
+def test_one_rows_wide_band_sends_no_other_row_to_the_reference(banded_engine):
+    # Row 1 hovers at 0.3 (its band doubles every layer); row 2 saturates in
+    # neuron 0 and is structurally zero in neuron 1; row 3 dies at once. Only
+    # row 1 is in doubt, however wide its band grows.
+    network = Network([sp.identity(2, format="csr") * 2.0] * 120, -0.3)
+    inputs = sp.csr_matrix(np.array([[0.3, 0.3], [1.0, 0.0], [0.1, 0.0]]))
+    result = banded_engine.infer(network, inputs)
+    assert result.categories.tolist() == _expected(network, inputs)
+    assert result.rechecked_rows == 1
+
+
 def test_few_rows_share_a_narrow_tile(engine, rng):
     assert [cpu._width_for(n, 128) for n in (1, 8, 9, 17, 100, 128, 5000)] == \
         [8, 8, 16, 32, 128, 128, 128]

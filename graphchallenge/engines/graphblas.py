@@ -96,8 +96,10 @@ class GraphblasEngine(Engine):
                     middle = _row_min(gb, shifted, gb.unary.abs, n_rows)
                     inside = middle < YMAX / 2 + band
                     if dense and bias > -band.max(initial=0.0):
-                        # Structural zeros are bias-valued here, and not provably 0.
-                        inside |= _row_count(gb, z, n_rows) < z.ncols
+                        # Structural zeros are bias-valued here, and not provably 0 in
+                        # the rows whose band reaches the bias (row by row: one row's
+                        # wide band says nothing of the others').
+                        inside |= (_row_count(gb, z, n_rows) < z.ncols) & (bias > -band)
                     if not dense:
                         flagged |= _row_min(gb, z, gb.unary.abs, n_rows) <= band
                     if index == network.n_layers - 1:
