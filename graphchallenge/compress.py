@@ -582,27 +582,12 @@ def save_compact(compaction_or_network, out_dir, source_cfg=None, source_files=N
         A :func:`compact` result (``kind``, ``groups`` and the source come
         from it), or any network derived from a challenge network (for
         example a fine-tuned one).
-    out_dir : path-like
-        Must be absent, empty, or an earlier compact-network folder (which
-        is replaced).
-    source_cfg : catalog.Config, optional
-        The challenge configuration the source network belongs to.
-    source_files : dict, optional
-        ``{role: path}`` of the source's files (as ``Challenge.files``),
-        recorded for provenance.
-    kind : str
-        ``"exact"``, ``"inputs-aware"`` or the name of an approximate method
-        (``"fssl"``); required with a plain Network.
-    groups : list, optional
-        Per layer, for each output neuron, the list of source output neurons
-        (0-based) it stands for; required with a plain Network.
-    extra : dict, optional
-        JSON-serialisable metadata stored as ``"extra"`` (e.g. training
-        settings); returned by :func:`read_manifest`.
-    source_network : Network, optional
-        The network this one was derived from; its per-layer content
-        digests identify it in the manifest. Defaults to the compaction's
-        source or the network's ``origin``.
+    out_dir, source_cfg, source_files, extra, source_network
+        As for :func:`graphchallenge.derived.save`; ``source_network``
+        defaults to the compaction's source or the network's ``origin``.
+    kind, groups
+        As for :func:`graphchallenge.derived.save`; taken from a
+        :class:`Compaction`, required with a plain Network.
 
     Returns
     -------
