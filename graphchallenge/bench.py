@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from . import engines as engines_mod
 from .engines.base import Timer
 from .errors import EngineUnavailable
-from .runner import reference_truth, tile_inputs
+from .runner import categories_to_check, reference_truth, tile_inputs
 from .validate import validate
 
 #: The baselines: scipy.sparse (the reference) and SuiteSparse:GraphBLAS.
@@ -216,9 +216,8 @@ def bench(challenge, engines=("cpu", "reference", "graphblas"), repeat=3, tile=1
         runs = results[name]
         times = [result.infer_seconds for result in runs]
         median = statistics.median(times)
-        verdicts = [validate(result.categories if truth_inputs is None
-                             else result.categories[result.categories <= truth_inputs],
-                             truth).passed for result in runs] if truth is not None else None
+        verdicts = [validate(categories_to_check(result.categories, truth_inputs), truth).passed
+                    for result in runs] if truth is not None else None
         rows.append(BenchRow(
             engine=name, seconds=median, min_seconds=min(times),
             edges_per_second=inputs.shape[0] * edges / median if median > 0 else float("inf"),

@@ -155,6 +155,11 @@ def reference_truth(network, inputs, n_rows, progress=False, workers=None):
     return np.concatenate(parts).astype(np.int64)
 
 
+def categories_to_check(categories, truth_inputs=None):
+    """The categories a truth covers: all of them, or with ``truth_inputs`` K those ``<= K``."""
+    return categories if truth_inputs is None else categories[categories <= truth_inputs]
+
+
 def make_report(challenge, inputs, truth, result, tile=1, challenge_edges=None,
                 truth_inputs=None):
     """Build the RunReport of ``result`` (an InferenceResult on ``inputs``).
@@ -165,8 +170,7 @@ def make_report(challenge, inputs, truth, result, tile=1, challenge_edges=None,
     cfg = challenge.config
     if challenge_edges is None:
         challenge_edges = challenge.network.exact_reference.edges
-    checked = (result.categories if truth_inputs is None
-               else result.categories[result.categories <= truth_inputs])
+    checked = categories_to_check(result.categories, truth_inputs)
     validation = validate(checked, truth) if truth is not None else None
     if truth is None:
         truth_source = None

@@ -33,8 +33,7 @@ def measure(neurons, depths, data_dir, engine_name, repeat, truth_inputs):
     for _ in range(repeat):
         for layers, (challenge, truth, engine, times) in runs.items():
             result = engine.infer(challenge.network, challenge.inputs)
-            checked = result.categories if truth_inputs is None \
-                else result.categories[result.categories <= truth_inputs]
+            checked = runner.categories_to_check(result.categories, truth_inputs)
             if not validate(checked, truth).passed:
                 raise GraphChallengeError(f"{engine_name} FAILED at {layers} layers")
             times.append(result.infer_seconds)
