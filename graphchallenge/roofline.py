@@ -148,6 +148,8 @@ class RooflineRow:
 
 @dataclass
 class RooflineReport:
+    """A run of the engine against ``limits``, a row per group of layers (:func:`roofline`)."""
+
     network: str
     n_inputs: int
     infer_seconds: float
