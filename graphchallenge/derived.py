@@ -462,7 +462,7 @@ def load(path, original=None):
     kind = manifest["kind"]
     if original is not None:
         _check_source(manifest, manifest_path, original)
-    layers = []
+    layers, keys = [], []
     for k, entry in enumerate(manifest["layers"], 1):
         layer_path = folder / entry["file"]
         if not layer_path.is_file():
@@ -476,6 +476,7 @@ def load(path, original=None):
             raise DataError(f"{layer_path}: holds {weights.nnz} edges but {MANIFEST_NAME} says "
                             f"{entry['edges']}")
         layers.append(weights)
+        keys.append(io.file_key(layer_path))
     source_name = manifest["source"].get("config", "network")
     exact = kind in EXACT_KINDS
     if exact and original is None:
@@ -489,4 +490,4 @@ def load(path, original=None):
                     record.get("count", "?"), f" ({record['file']})" if record.get("file") else "")
     return Network(layers, manifest["bias"], name=f"{source_name}-{kind}",
                    origin=original if exact else None,
-                   config=original.config if original is not None else None)
+                   config=original.config if original is not None else None, layer_keys=keys)

@@ -312,7 +312,8 @@ def _cache_path(path, kind):
     return cache_root() / f"{os.path.basename(path)}.{kind}.{digest}.csr"
 
 
-def _source_key(path):
+def file_stat(path):
+    """``{"size", "mtime_ns"}`` of ``path``; DataError when it is missing or unreadable."""
     try:
         stat = Path(path).stat()
     except FileNotFoundError:
@@ -320,6 +321,12 @@ def _source_key(path):
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def file_key(path):
+    """A string naming ``path``'s current content: its absolute path, size and mtime."""
+    stat = file_stat(path)
+    return f"file:{os.path.abspath(path)}:{stat['size']}:{stat['mtime_ns']}"
 
 
 def _umask():
@@ -377,19 +384,33 @@ def save_csr(dest, matrix, key=None):
     header = {"version": _CACHE_VERSION, "shape": list(matrix.shape), "key": key,
               "index": np.dtype(index).str, "nnz": int(matrix.nnz), "constant": constant,
               "arrays": {}}
-    offset = 0
+    _save_headed(dest, _CACHE_MAGIC, header, arrays)
+
+
+def _save_headed(dest, magic, header, arrays, align=1, shapes=False):
+    """Write ``magic``, the JSON ``header`` and ``arrays`` to ``dest`` (atomically).
+
+    ``header["arrays"]`` gets each array's ``[offset, dtype, size]`` (its
+    shape instead of its size with ``shapes``), offsets counted from the
+    end of the header and rounded up to ``align`` bytes; ``header`` gets
+    ``data_bytes``, the bytes after the header.
+    """
+    arrays = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
+    places, offset = header.setdefault("arrays", {}), 0
     for name, array in arrays.items():
-        header["arrays"][name] = [offset, array.dtype.str, array.size]
-        offset += array.nbytes
+        places[name] = [offset, array.dtype.str, list(array.shape) if shapes else array.size]
+        offset += -(-array.nbytes // align) * align
+    header["data_bytes"] = offset
     head = json.dumps(header).encode()
     head += b" " * (-(len(head) + 16) % 64)
 
     def write(handle):
-        handle.write(_CACHE_MAGIC)
+        handle.write(magic)
         handle.write(len(head).to_bytes(8, "little"))
         handle.write(head)
         for array in arrays.values():
-            handle.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+            handle.write(memoryview(array.reshape(-1)).cast("B"))
+            handle.write(b"\0" * (-array.nbytes % align))
 
     _write_atomic(dest, write)
 
@@ -516,9 +537,54 @@ def load_csr(path, key=None, mmap=False):
     return matrix
 
 
+_ARRAYS_MAGIC = b"GCARR001"
+
+
+def save_arrays(dest, arrays, key):
+    """Write named arrays to ``dest`` (atomically), for :func:`load_arrays` to map back.
+
+    Every array starts on a 64-byte boundary; the header records ``key``,
+    each array's place, dtype and shape, and the file's total size, so a
+    truncated file is recognised as such.
+    """
+    _save_headed(dest, _ARRAYS_MAGIC, {"key": key}, arrays, align=64, shapes=True)
+
+
+def load_arrays(path, key):
+    """The arrays :func:`save_arrays` wrote to ``path`` under ``key``, memory-mapped read-only.
+
+    None when the file is absent, written under another key, truncated or
+    not such a file: the caller builds the arrays again.
+    """
+    import mmap
+
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(8) != _ARRAYS_MAGIC:
+                return None
+            head_len = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(head_len))
+            start = 16 + head_len
+            if header.get("key") != key or os.fstat(handle.fileno()).st_size != \
+                    start + header["data_bytes"]:
+                return None
+            buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    arrays = {}
+    for name, (offset, dtype, shape) in header["arrays"].items():
+        dtype = np.dtype(dtype)
+        count = math.prod(shape)
+        # np.frombuffer gives plain read-only arrays (a np.memmap is a subclass numba
+        # would compile for separately).
+        arrays[name] = np.frombuffer(buffer, dtype=dtype, count=count,
+                                     offset=start + offset).reshape(shape)
+    return arrays
+
+
 def _from_cache(path, kind):
     """The cached matrix for ``path``, or None when absent or stale."""
-    return load_csr(_cache_path(path, kind), key=dict(_source_key(path), kind=kind))
+    return load_csr(_cache_path(path, kind), key=dict(file_stat(path), kind=kind))
 
 
 def _cached(path, kind, build, cache):
@@ -531,7 +597,7 @@ def _cached(path, kind, build, cache):
     matrix = build()
     cache_file = _cache_path(path, kind)
     try:
-        save_csr(cache_file, matrix, key=dict(_source_key(path), kind=kind))
+        save_csr(cache_file, matrix, key=dict(file_stat(path), kind=kind))
     except (OSError, DataError) as exc:
         log.warning("cannot write the cache %s (%s); continuing without it", cache_file, exc)
     return matrix

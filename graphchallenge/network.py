@@ -42,6 +42,13 @@ class LayerFiles(Sequence):
             return LayerFiles(self.paths[index], self.shapes[index], self.cache)
         return io.read_layer(self.paths[index], shape=self.shapes[index], cache=self.cache)
 
+    def layer_keys(self):
+        """Per layer, a string that changes whenever its file does (path, size, mtime).
+
+        Engines key their converted tables on disk by it (see :attr:`Network.layer_keys`).
+        """
+        return [io.file_key(path) for path in self.paths]
+
     def read_all(self, progress=False):
         """Every layer, read several at a time (:func:`graphchallenge.io.read_layers`)."""
         return io.read_layers(self.paths, self.shapes, cache=self.cache, progress=progress)
@@ -63,9 +70,15 @@ class Network:
         (see :attr:`exact_reference`).
     config : catalog.Config, optional
         The challenge configuration the network belongs to.
+    layer_keys : list of str, optional
+        Per layer, a string naming its content (the file it was read from,
+        or the generator's record), for the engines' caches of converted
+        layers. By default the layer sequence's own ``layer_keys()`` where
+        it has one (:class:`LayerFiles`, generated layers), else none: a
+        network built from matrices in memory is converted afresh.
     """
 
-    def __init__(self, layers, bias, name=None, origin=None, config=None):
+    def __init__(self, layers, bias, name=None, origin=None, config=None, layer_keys=None):
         if len(layers) == 0:
             raise DataError("a network needs at least one layer")
         self.layers = layers
@@ -82,6 +95,11 @@ class Network:
                 raise DataError(f"layer {k + 1} has {self._shapes[k][0]} inputs but layer {k} "
                                 f"has {self._shapes[k - 1][1]} outputs")
         self._edges = None
+        if layer_keys is None and hasattr(layers, "layer_keys"):
+            layer_keys = layers.layer_keys()
+        if layer_keys is not None and len(layer_keys) != len(layers):
+            raise ValueError("one key per layer")
+        self.layer_keys = None if layer_keys is None else [str(key) for key in layer_keys]
 
     def __repr__(self):
         return (f"Network({self.name!r}, {self.n_layers} layers, {self.n_features} -> "
@@ -130,8 +148,9 @@ class Network:
             return self
         if isinstance(self.layers, LayerFiles):
             layers = self.layers.read_all()
-            return Network(layers, self.bias, self.name, self.origin, self.config)
-        return Network(list(self.layers), self.bias, self.name, self.origin, self.config)
+        else:
+            layers = list(self.layers)
+        return Network(layers, self.bias, self.name, self.origin, self.config, self.layer_keys)
 
 
 @dataclass
@@ -189,6 +208,7 @@ def load_network(cfg, root=None, cache=True, lazy=None, progress=False):
         if not lazy:
             from tqdm import tqdm
 
+            # layer_keys stay those of the generated sequence.
             generated.layers = list(tqdm(generated.layers, desc="build layers", unit="layer",
                                          disable=not progress, leave=False))
         return generated
@@ -199,9 +219,10 @@ def load_network(cfg, root=None, cache=True, lazy=None, progress=False):
         raise DataError(f"{folder} lacks {len(missing)} of the {cfg.layers} layer files, first "
                         f"{missing[0].name}; download or extract them again")
     layers = LayerFiles(paths, [(cfg.neurons, cfg.neurons)] * cfg.layers, cache=cache)
+    keys = layers.layer_keys()
     if not lazy:
         layers = layers.read_all(progress=progress)
-    return Network(layers, cfg.bias, name=cfg.name, config=cfg)
+    return Network(layers, cfg.bias, name=cfg.name, config=cfg, layer_keys=keys)
 
 
 def has_challenge(cfg, root, need_truth=True):

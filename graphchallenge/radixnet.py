@@ -194,6 +194,11 @@ class RadixNetLayers(Sequence):
                                   _first=numbers.start)
         return radixnet_layer(self.neurons, self.layer_numbers[index], self.seed, self.permute)
 
+    def layer_keys(self):
+        """Per layer, the generator's parameters that fix it (see :attr:`Network.layer_keys`)."""
+        return [f"radixnet:v{GENERATOR_VERSION}:{self.neurons}:{self.seed}:{self.permute}:{number}"
+                for number in self.layer_numbers]
+
     def column_indices(self, index):
         """The ELL index table of layer ``index`` (0-based position in this sequence)."""
         return radixnet_column_indices(self.neurons, self.layer_numbers[index], self.seed,

@@ -8,6 +8,7 @@ cases where rounding decides also run on the GraphBLAS peer, which sums in
 its own order too and relies on the same rounding band.
 """
 
+import os
 import subprocess
 import sys
 
@@ -452,14 +453,16 @@ def test_a_streamed_network_is_read_no_further_once_every_row_is_settled(tmp_pat
     assert sorted(set(files.read)) == [0, 1]
 
 
-@pytest.mark.parametrize("budget", [0, 2**30], ids=["rebuilt", "kept"])
+@pytest.mark.parametrize("budget, on_disk", [(0, False), (2**30, False), (0, True)],
+                         ids=["rebuilt", "kept", "mapped"])
 def test_streamed_segments_are_shared_or_rebuilt_within_the_budget(tmp_path, rng, monkeypatch,
-                                                                   budget):
+                                                                   budget, on_disk):
     layers = [random_layer(rng, 40, 40, 4) for _ in range(7)]
     files = _CountingFiles(_layer_files(tmp_path, layers), [(40, 40)] * 7)
     lazy = Network(files, -0.3)
     monkeypatch.setattr(cpu, "SEGMENT_LAYERS", 3)
-    engine = cpu.CpuEngine(threads=2, chunk_rows=100, streamed_bytes=budget)
+    engine = cpu.CpuEngine(threads=2, chunk_rows=100, streamed_bytes=budget,
+                           table_cache=tmp_path / "tables" if on_disk else False)
     inputs = random_inputs(rng, 400, 40, density=0.2)
     expected = forward_categories(layers, -0.3, inputs).tolist()
     assert 0 < len(expected) < 400
@@ -468,11 +471,14 @@ def test_streamed_segments_are_shared_or_rebuilt_within_the_budget(tmp_path, rng
     for _ in range(2):
         assert engine.infer(lazy, inputs).categories.tolist() == expected
     reads = np.bincount(files.read, minlength=7)
-    if budget:
-        assert reads.tolist() == [1] * 7  # each segment converted once, for every chunk and run
+    if budget or on_disk:
+        # Each segment converted once, for every chunk and run (kept in memory, or on disk).
+        assert reads.tolist() == [1] * 7
     else:
         assert reads.min() > 1  # over the budget: converted again by later chunks
     assert engine._prepared[1].kept_bytes <= budget
+    if on_disk:
+        assert len(list((tmp_path / "tables").glob("*.tables"))) == 3 + 1  # segments, summaries
 
 
 def test_a_layer_with_a_weak_column_brings_saturated_rows_back(engine, rng):
@@ -519,6 +525,113 @@ def test_lazy_layers_stream_from_files(tmp_path, rng):
     engine = cpu.CpuEngine(chunk_rows=100)
     result = engine.infer(lazy, inputs)
     assert result.categories.tolist() == forward_categories(layers, -0.3, inputs).tolist()
+    assert isinstance(engine._prepared[1], cpu._Streamed)
+
+
+# ------------------------------------------------------------ converted tables on disk
+
+def _keyed_network(tmp_path, rng, n_layers=6, n=48):
+    layers = [random_layer(rng, n, n, 4, weight=0.4 if k % 2 else None)
+              for k in range(n_layers)]
+    files = LayerFiles(_layer_files(tmp_path, layers), [(n, n)] * n_layers)
+    return Network(files.read_all(), -0.3, layer_keys=files.layer_keys()), layers
+
+
+def _no_conversion(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a layer was converted although its tables are on disk")
+
+    monkeypatch.setattr(cpu, "_Layer", refuse)
+    monkeypatch.setattr(cpu, "_summarize", refuse)
+
+
+def test_a_second_engine_maps_the_tables_the_first_converted(tmp_path, rng, monkeypatch):
+    network, layers = _keyed_network(tmp_path, rng)
+    inputs = random_inputs(rng, 300, 48, density=0.2)
+    expected = forward_categories(layers, -0.3, inputs).tolist()
+    assert 0 < len(expected) < 300
+    folder = tmp_path / "tables"
+    first = cpu.CpuEngine(table_cache=folder).infer(network, inputs)
+    assert first.categories.tolist() == expected
+    (stored,) = folder.glob("*.tables")
+    _no_conversion(monkeypatch)
+    engine = cpu.CpuEngine(table_cache=folder)
+    assert engine.infer(network, inputs).categories.tolist() == expected
+    packed = engine._prepared[1]
+    assert not packed.g_indices.flags.writeable and not packed.g_indices.flags.owndata
+    assert packed.first_layer is not None  # the scatter tables came back too
+
+
+def test_truncated_or_foreign_table_files_are_converted_again(tmp_path, rng):
+    network, layers = _keyed_network(tmp_path, rng)
+    inputs = random_inputs(rng, 200, 48, density=0.2)
+    expected = forward_categories(layers, -0.3, inputs).tolist()
+    folder = tmp_path / "tables"
+    cpu.CpuEngine(table_cache=folder).prepare(network)
+    (stored,) = folder.glob("*.tables")
+    size = stored.stat().st_size
+    with open(stored, "r+b") as handle:
+        handle.truncate(size - 100)
+    assert cpu.CpuEngine(table_cache=folder).infer(network, inputs).categories.tolist() == expected
+    assert stored.stat().st_size == size  # written again, whole
+    stored.write_bytes(b"not a table file")
+    assert cpu.CpuEngine(table_cache=folder).infer(network, inputs).categories.tolist() == expected
+    assert stored.stat().st_size == size
+
+
+def test_changed_layers_bias_or_original_get_their_own_tables(tmp_path, rng):
+    network, layers = _keyed_network(tmp_path, rng)
+    cache = cpu._TableCache(tmp_path / "tables")
+    originals = [None] * network.n_layers
+    key = cache.key(network, originals, 0, 6, "network")
+    other_bias = Network(network.layers, -0.25, layer_keys=network.layer_keys)
+    assert cache.key(other_bias, originals, 0, 6, "network") != key
+    assert cache.key(network, [(2.0, 32)] + originals[1:], 0, 6, "network") != key
+    assert cache.key(network, originals, 0, 6, "segment") != key
+    assert cache.key(network, originals, 0, 3, "network") != key
+    assert cache.key(Network(network.layers, -0.3), originals, 0, 6, "network") is None
+    # A layer file written again (new size or mtime) names new tables.
+    path = tmp_path / "layer2.tsv"
+    io.write_layer(path, random_layer(rng, 48, 48, 4))
+    os.utime(path, ns=(1, 1))
+    files = LayerFiles(_layer_files(tmp_path, [])[:0] + [tmp_path / f"layer{k}.tsv"
+                                                           for k in range(6)], [(48, 48)] * 6)
+    assert cache.key(Network(network.layers, -0.3, layer_keys=files.layer_keys()), originals,
+                     0, 6, "network") != key
+
+
+def test_networks_without_layer_keys_or_a_cache_write_no_tables(tmp_path, rng, caplog):
+    network, layers = _keyed_network(tmp_path, rng)
+    inputs = random_inputs(rng, 100, 48, density=0.2)
+    expected = forward_categories(layers, -0.3, inputs).tolist()
+    folder = tmp_path / "tables"
+    unkeyed = Network(network.layers, -0.3)
+    assert cpu.CpuEngine(table_cache=folder).infer(unkeyed, inputs).categories.tolist() == expected
+    assert cpu.CpuEngine(table_cache=False).infer(network, inputs).categories.tolist() == expected
+    assert not folder.exists()
+    # A folder that cannot be written: a warning, and the run goes on.
+    blocked = tmp_path / "file"
+    blocked.write_text("in the way")
+    with caplog.at_level("WARNING"):
+        result = cpu.CpuEngine(table_cache=blocked / "tables").infer(network, inputs)
+    assert result.categories.tolist() == expected
+    assert "cannot keep converted layer tables" in caplog.text
+
+
+def test_a_streamed_network_maps_its_summaries_and_segments(tmp_path, rng, monkeypatch):
+    layers = [random_layer(rng, 40, 40, 4) for _ in range(7)]
+    files = _CountingFiles(_layer_files(tmp_path, layers), [(40, 40)] * 7)
+    lazy = Network(files, -0.3)
+    monkeypatch.setattr(cpu, "SEGMENT_LAYERS", 3)
+    inputs = random_inputs(rng, 300, 40, density=0.2)
+    expected = forward_categories(layers, -0.3, inputs).tolist()
+    folder = tmp_path / "tables"
+    assert cpu.CpuEngine(table_cache=folder).infer(lazy, inputs).categories.tolist() == expected
+    files.read.clear()
+    _no_conversion(monkeypatch)
+    engine = cpu.CpuEngine(table_cache=folder)
+    assert engine.infer(lazy, inputs).categories.tolist() == expected
+    assert files.read == []  # neither the summaries nor the segments read a layer
     assert isinstance(engine._prepared[1], cpu._Streamed)
 
 

@@ -345,3 +345,21 @@ def test_csr_written_a_block_of_rows_at_a_time_reads_back(tmp_path, rng, monkeyp
     assert back.shape == inputs.shape and (back != inputs).nnz == 0
     assert back.indices.dtype == back.indptr.dtype == (np.int32 if limit > inputs.nnz else np.int64)
     assert (back @ back.T != inputs @ inputs.T).nnz == 0
+
+
+def test_saved_arrays_map_back_read_only_with_their_shapes(tmp_path):
+    arrays = {"a": np.arange(5, dtype=np.int64), "empty": np.zeros((0, 5), dtype=np.int32),
+              "b": np.linspace(0, 1, 15).reshape(3, 5), "flags": np.array([True, False])}
+    path = tmp_path / "x.tables"
+    io.save_arrays(path, arrays, key="k1")
+    loaded = io.load_arrays(path, "k1")
+    assert list(loaded) == list(arrays)
+    for name, array in arrays.items():
+        assert loaded[name].dtype == array.dtype and loaded[name].shape == array.shape
+        assert np.array_equal(loaded[name], array) and not loaded[name].flags.writeable
+        assert type(loaded[name]) is np.ndarray
+    assert io.load_arrays(path, "k2") is None  # another key
+    assert io.load_arrays(tmp_path / "absent", "k1") is None
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size - 1)
+    assert io.load_arrays(path, "k1") is None

@@ -59,6 +59,9 @@ The result equals the float64 reference's categories on every input, for
 any network (any shape, weight signs or bias); see ``docs/cpu.md``.
 """
 
+import hashlib
+import json
+import logging
 import math
 import os
 import queue
@@ -66,10 +69,13 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 
+from .. import io
 from ..catalog import YMAX
 from ..errors import DataError
 from . import exactness
@@ -86,6 +92,8 @@ except ImportError:
 
     def intrinsic(function):
         return function
+
+log = logging.getLogger(__name__)
 
 #: Rows per tile (the default of ``CpuEngine(tile=...)``): a tile is ``neurons x TILE``
 #: float64, 1 MiB at N = 1024. Measured on the real neuron1024 network: 128 beats 64
@@ -112,6 +120,8 @@ _UNIT_ROUNDOFF = exactness.unit_roundoff(np.float64)
 _SMALLEST_SUBNORMAL = exactness.smallest_subnormal(np.float64)
 # Scatter tables for a segment without the network's first layer.
 _NO_SCATTER = (np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.int32), np.empty(0))
+for _array in _NO_SCATTER:
+    _array.flags.writeable = False  # as every table is (see _read_only)
 
 
 def _kernel(inline=False):
@@ -949,18 +959,58 @@ def _scatter_pays(layer, in_indptr, lane_rows):
     return 25.0 * pixels * terms / layer.n_in < 10.0 * layer.n_in + terms
 
 
+class _FirstLayer(NamedTuple):
+    """What choosing and running the first layer's scatter needs (see :func:`_scatter_pays`)."""
+
+    n_in: int
+    scatter: tuple  # (indptr, columns, values) of the rows of W restricted to computed columns
+
+
+#: The tables a :class:`_Packed` segment holds, in the order :func:`_forward` takes them
+#: (``settled_after`` follows, set by whoever packs the segment).
+_TABLE_NAMES = ("g_indptr", "g_start", "g_indices", "g_values", "value_base", "value_stride",
+                "pairs", "pair_start", "copies", "n_in", "n_out", "growth", "max_terms",
+                "positive_growth", "keeps", "negative")
+_SCATTER_NAMES = ("s_indptr", "s_indices", "s_values")
+
+
+def _read_only(array):
+    """A read-only view of ``array``: built and memory-mapped tables get one kernel signature."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 class _Packed:
     """Consecutive layers ``first ..`` of a network as the flat tables :func:`_forward` takes.
 
-    ``settled_after[l]`` says whether every later layer of the whole network
-    keeps saturated rows saturated; ``None`` (unknown: a streamed network)
-    counts as no for all but the network's last layer.
+    ``tables`` maps :data:`_TABLE_NAMES` (and, for a segment that starts
+    the network, :data:`_SCATTER_NAMES`) to arrays, built by :meth:`build`
+    or mapped from disk (:class:`_TableCache`). ``settled_after[l]`` says
+    whether every later layer of the whole network keeps saturated rows
+    saturated; ``None`` (unknown) counts as no for all but the network's
+    last layer.
     """
 
-    def __init__(self, layers, first, n_network_layers, settled_after=None):
+    def __init__(self, tables, first, n_network_layers, settled_after=None):
+        for name in _TABLE_NAMES:
+            setattr(self, name, _read_only(tables[name]))
         self.first = first
-        self.n_layers = len(layers)
+        self.n_layers = int(self.n_in.size)
         self.last = first + self.n_layers == n_network_layers
+        if settled_after is None:
+            settled_after = np.zeros(self.n_layers, dtype=np.bool_)
+            settled_after[-1:] = self.last
+        self.settled_after = _read_only(np.asarray(settled_after, dtype=np.bool_))
+        # The first layer's rows, for scattering straight from the inputs.
+        self.first_layer = None
+        if first == 0 and self.n_layers and _SCATTER_NAMES[0] in tables:
+            self.first_layer = _FirstLayer(
+                int(self.n_in[0]), tuple(_read_only(tables[name]) for name in _SCATTER_NAMES))
+
+    @staticmethod
+    def tables_of(layers, first):
+        """The tables of :class:`_Layer` ``layers``, the network's ``first`` onwards."""
         column_pointers, starts, value_base, value_stride = [], [], [], []
         n_terms = n_pointers = n_values = 0
         for layer in layers:
@@ -973,54 +1023,55 @@ class _Packed:
             n_terms += int(indptr[-1])
             n_pointers += indptr.size
             n_values += values.size
-        self.g_indptr = _concatenate(column_pointers, np.int64)
-        self.g_start = np.array(starts, dtype=np.int64)
         index_type = np.uint16 if all(layer.gather[1].dtype == np.uint16 for layer in layers) \
             else np.int32
-        self.g_indices = _concatenate([layer.gather[1] for layer in layers], index_type)
-        self.g_values = _concatenate([layer.gather[2] for layer in layers], np.float64)
-        self.value_base = np.array(value_base, dtype=np.int64)
-        self.value_stride = np.array(value_stride, dtype=np.int64)
         # Each layer's copy positions, offset into the segment's copies.
         offsets = np.cumsum([0] + [layer.copies.size for layer in layers])
-        self.pairs = np.concatenate(
+        pairs = np.concatenate(
             [layer.pairs + np.array([0, 0, offset, 0, 0], dtype=np.int32)
              for layer, offset in zip(layers, offsets)]).astype(np.int32) \
             if layers else np.empty((0, 5), dtype=np.int32)
-        self.copies = _concatenate([layer.copies for layer in layers], np.int32)
-        self.pair_start = np.cumsum([0] + [len(layer.pairs) for layer in layers]).astype(np.int64)
-        self.n_in = np.array([layer.n_in for layer in layers], dtype=np.int64)
-        self.n_out = np.array([layer.n_out for layer in layers], dtype=np.int64)
-        self.growth = np.array([layer.growth for layer in layers], dtype=np.float64)
-        self.max_terms = np.array([layer.max_terms for layer in layers], dtype=np.int64)
-        self.positive_growth = np.array([layer.positive_growth for layer in layers])
-        self.keeps = np.array([layer.keeps_saturated for layer in layers], dtype=np.bool_)
-        self.negative = np.array([layer.has_negative for layer in layers], dtype=np.bool_)
-        if settled_after is None:
-            settled_after = np.zeros(self.n_layers, dtype=np.bool_)
-            settled_after[-1:] = self.last
-        self.settled_after = np.asarray(settled_after, dtype=np.bool_)
-        # The first layer itself, for scattering straight from the inputs.
-        self.first_layer = layers[0] if first == 0 and layers else None
+        tables = {
+            "g_indptr": _concatenate(column_pointers, np.int64),
+            "g_start": np.array(starts, dtype=np.int64),
+            "g_indices": _concatenate([layer.gather[1] for layer in layers], index_type),
+            "g_values": _concatenate([layer.gather[2] for layer in layers], np.float64),
+            "value_base": np.array(value_base, dtype=np.int64),
+            "value_stride": np.array(value_stride, dtype=np.int64),
+            "pairs": pairs,
+            "pair_start": np.cumsum([0] + [len(layer.pairs) for layer in layers]).astype(np.int64),
+            "copies": _concatenate([layer.copies for layer in layers], np.int32),
+            "n_in": np.array([layer.n_in for layer in layers], dtype=np.int64),
+            "n_out": np.array([layer.n_out for layer in layers], dtype=np.int64),
+            "growth": np.array([layer.growth for layer in layers], dtype=np.float64),
+            "max_terms": np.array([layer.max_terms for layer in layers], dtype=np.int64),
+            "positive_growth": np.array([layer.positive_growth for layer in layers],
+                                        dtype=np.float64),
+            "keeps": np.array([layer.keeps_saturated for layer in layers], dtype=np.bool_),
+            "negative": np.array([layer.has_negative for layer in layers], dtype=np.bool_),
+        }
+        if first == 0 and layers:
+            tables.update(zip(_SCATTER_NAMES, layers[0].scatter))
+        return tables
 
     @property
     def nbytes(self):
         return sum(table.nbytes for table in self.tables())
 
     def tables(self):
-        return (self.g_indptr, self.g_start, self.g_indices, self.g_values, self.value_base,
-                self.value_stride, self.pairs, self.pair_start, self.copies, self.n_in, self.n_out,
-                self.growth, self.max_terms, self.positive_growth, self.keeps, self.negative,
-                self.settled_after)
+        return tuple(getattr(self, name) for name in _TABLE_NAMES) + (self.settled_after,)
 
 
 def _concatenate(arrays, dtype):
     return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.empty(0, dtype)
 
 
-def _settled_after(layers):
-    """Per layer: every later layer keeps saturated rows saturated (True after the last)."""
-    keeps = np.array([layer.keeps_saturated for layer in layers], dtype=np.bool_)
+def _settled_after(keeps):
+    """Per layer: every later layer keeps saturated rows saturated (True after the last).
+
+    ``keeps[l]`` says whether layer ``l`` keeps saturated rows saturated.
+    """
+    keeps = np.asarray(keeps, dtype=np.bool_)
     later = np.ones(keeps.size, dtype=np.bool_)
     if keeps.size > 1:
         later[:-1] = np.logical_and.accumulate(keeps[::-1])[::-1][1:]
@@ -1049,25 +1100,34 @@ def _segments(prepared):
 class _Streamed:
     """A streamed network: its layers' summaries, and packed segments built on first use.
 
-    The summaries (one pass over the layers, made once) give every chunk
-    the bound constants and the saturation test of every layer, so a chunk
-    whose rows have all settled stops without reading further. Segments of
-    :data:`SEGMENT_LAYERS` layers are converted by the first chunk that
-    needs them and shared by the others; they are kept while their tables
-    fit in ``budget`` bytes, else dropped after use and built again by the
-    next chunk that needs them.
+    The summaries (one pass over the layers, made once, and kept on disk
+    by ``cache``) give every chunk the bound constants and the saturation
+    test of every layer, so a chunk whose rows have all settled stops
+    without reading further. Segments of :data:`SEGMENT_LAYERS` layers are
+    mapped from ``cache`` or converted (``threads`` layers at a time) by the
+    first chunk that needs them, and shared by the others; they are kept
+    while their tables fit in ``budget`` bytes, else dropped after use and
+    made again by the next chunk that needs them.
     """
 
-    def __init__(self, network, budget, progress=False):
-        from tqdm import tqdm
-
-        self.network, self.budget = network, budget
+    def __init__(self, network, budget, progress=False, cache=None, threads=1):
+        self.network, self.budget, self.cache, self.threads = network, budget, cache, threads
         self.originals = exactness.original_constants(network)
-        layers = tqdm(network.layers, total=network.n_layers, desc="summarize layers",
-                      unit="layer", disable=not progress, leave=False)
-        self.summaries = [_summarize(sp.csr_matrix(weights, dtype=np.float64), network.bias,
-                                     original) for weights, original in zip(layers, self.originals)]
-        self.settled_after = _settled_after(self.summaries)
+        key = cache.key(network, self.originals, 0, network.n_layers, "summaries") \
+            if cache else None
+        stored = cache.load(key) if cache else None
+        if stored is None:
+            def summarize(k):
+                weights = sp.csr_matrix(self.network.layers[k], dtype=np.float64)
+                return _summarize(weights, network.bias, self.originals[k])
+
+            summaries = _map(summarize, range(network.n_layers), threads, progress,
+                             "summarize layers")
+            stored = _summary_tables(summaries)
+            if cache:
+                cache.save(key, stored)
+        self.summaries = _summaries_from(stored)
+        self.settled_after = _settled_after(stored["keeps"])
         self.kept_bytes = 0
         self._lock = threading.Lock()
         self._built = {}  # first layer -> Future of its _Packed segment
@@ -1088,9 +1148,8 @@ class _Streamed:
         if not building:
             return future.result()
         try:
-            packed = _Packed([_Layer(self.network.layers[k], self.network.bias, self.originals[k],
-                                     first=k == 0) for k in range(start, stop)],
-                             start, self.network.n_layers, self.settled_after[start:stop])
+            packed = _pack_layers(self.network, self.originals, start, stop, self.settled_after,
+                                  self.cache, self.threads, progress=False, kind="segment")
         except BaseException as exc:
             with self._lock:
                 del self._built[start]
@@ -1103,6 +1162,110 @@ class _Streamed:
             else:
                 del self._built[start]
         return packed
+
+
+#: Version of the converted tables kept on disk; bump when what they hold or mean changes.
+TABLES_VERSION = 1
+
+
+class _TableCache:
+    """Converted layer tables kept on disk, so that a second run does not convert again.
+
+    One file per packed segment (and one for a streamed network's
+    summaries) in ``folder``, by default ``cpu-tables`` in the binary
+    cache's folder (:func:`graphchallenge.io.cache_root`). A file is named
+    by a digest of everything its tables depend on: the layers' keys
+    (:attr:`~graphchallenge.network.Network.layer_keys`: a layer file's
+    path, size and mtime, or the generator's parameters), the bias, the
+    original network's bound constants and :data:`TABLES_VERSION`. Files
+    are written atomically and mapped read-only; one that is truncated or
+    written under another key is converted again. A network without layer
+    keys (built from matrices in memory) is converted every time.
+    """
+
+    def __init__(self, folder=None):
+        self.folder = Path(folder) if folder is not None else io.cache_root() / "cpu-tables"
+
+    def key(self, network, originals, start, stop, kind):
+        """The digest naming ``kind`` tables of layers ``start:stop``; None if not cacheable."""
+        if network.layer_keys is None:
+            return None
+        constants = [None if c is None else [repr(float(c[0])), int(c[1])]
+                     for c in originals[start:stop]]
+        record = [kind, TABLES_VERSION, repr(network.bias), start == 0,
+                  network.layer_keys[start:stop], constants]
+        return hashlib.sha256(json.dumps(record).encode()).hexdigest()
+
+    def load(self, key):
+        return None if key is None else io.load_arrays(self._path(key), key)
+
+    def save(self, key, tables):
+        if key is None:
+            return
+        try:
+            io.save_arrays(self._path(key), tables, key)
+        except DataError as exc:
+            log.warning("cannot keep converted layer tables (%s); continuing without", exc)
+
+    def _path(self, key):
+        return self.folder / f"{key[:40]}.tables"
+
+
+_SUMMARY_NAMES = ("n_in", "n_out", "growth", "max_terms", "positive_growth", "keeps", "negative")
+
+
+def _summary_tables(summaries):
+    """:class:`_Summary` list -> arrays named as the :class:`_Packed` tables that hold them."""
+    fields = ("n_in", "n_out", "growth", "max_terms", "positive_growth", "keeps_saturated",
+              "has_negative")
+    types = (np.int64, np.int64, np.float64, np.int64, np.float64, np.bool_, np.bool_)
+    return {name: np.array([getattr(summary, field) for summary in summaries], dtype=kind)
+            for name, field, kind in zip(_SUMMARY_NAMES, fields, types)}
+
+
+def _summaries_from(tables):
+    """The inverse of :func:`_summary_tables` (also reads a :class:`_Packed`'s tables)."""
+    columns = [tables[name] for name in _SUMMARY_NAMES]
+    return [_Summary(int(n_in), int(n_out), float(growth), int(max_terms), float(positive),
+                     bool(keeps), bool(negative))
+            for n_in, n_out, growth, max_terms, positive, keeps, negative in zip(*columns)]
+
+
+def _map(function, items, threads, progress, desc):
+    """``[function(item) for item in items]`` on ``threads`` threads, with a progress bar."""
+    from tqdm import tqdm
+
+    items = list(items)
+    bar = tqdm(total=len(items), desc=desc, unit="layer", disable=not progress, leave=False)
+    with bar, ThreadPoolExecutor(max(1, min(threads, len(items)))) as pool:
+        results = []
+        for result in pool.map(function, items):
+            results.append(result)
+            bar.update()
+    return results
+
+
+def _pack_layers(network, originals, start, stop, settled_after, cache, threads, progress, kind):
+    """Layers ``start:stop`` of ``network`` as a :class:`_Packed`, mapped from ``cache`` or
+    converted ``threads`` layers at a time (and then kept in ``cache``).
+
+    ``settled_after`` is the whole network's (see :func:`_settled_after`);
+    None when the layers are the whole network, whose tables then give it.
+    """
+    key = cache.key(network, originals, start, stop, kind) if cache else None
+    tables = cache.load(key) if cache else None
+    if tables is None:
+        def convert(k):
+            return _Layer(network.layers[k], network.bias, originals[k], first=k == 0)
+
+        layers = _map(convert, range(start, stop), threads, progress, "convert layers")
+        tables = _Packed.tables_of(layers, start)
+        del layers
+        if cache:
+            cache.save(key, tables)
+    if settled_after is None:
+        settled_after = _settled_after(tables["keeps"])
+    return _Packed(tables, start, network.n_layers, settled_after[start:stop])
 
 
 @dataclass
@@ -1185,23 +1348,30 @@ class CpuEngine(Engine):
         chunk and the width, not on the depth.
     streamed_bytes : int, optional
         Converted layer tables of a streamed network kept in memory
-        (default :data:`STREAMED_BYTES`); segments beyond it are converted
-        again by each chunk that reaches them.
+        (default :data:`STREAMED_BYTES`); segments beyond it are mapped or
+        converted again by each chunk that reaches them.
+    table_cache : bool or path-like, optional
+        Keep converted layer tables on disk and map them back on the next
+        run (:class:`_TableCache`): True (default) in ``cpu-tables`` under
+        the binary cache's folder, a path for another folder, False never.
 
     Notes
     -----
-    The layer tables of an in-memory network are built once and kept for
-    the last network seen, so repeated runs (benchmarks) reuse them. A
-    streamed network (``LayerFiles``, or generated layers rebuilt on
-    demand) is summarized once in :meth:`prepare` and converted a segment
-    at a time inside the timer, as the chunks reach it; chunks whose rows
-    have all settled read no further.
+    The layer tables of an in-memory network are built once (on every
+    thread) and kept for the last network seen, so repeated runs
+    (benchmarks) reuse them; on disk too, so that the next process maps
+    them instead of converting again. A streamed network (``LayerFiles``,
+    or generated layers rebuilt on demand) is summarized in
+    :meth:`prepare` (or its summaries mapped from disk) and converted, or
+    mapped, a segment at a time inside the timer, as the chunks reach it;
+    chunks whose rows have all settled read no further.
     """
 
     name = "cpu"
     description = "numba float64 tiles, multithreaded, exact by a proven rounding band"
 
-    def __init__(self, threads=None, chunk_rows=None, tile=None, streamed_bytes=STREAMED_BYTES):
+    def __init__(self, threads=None, chunk_rows=None, tile=None, streamed_bytes=STREAMED_BYTES,
+                 table_cache=True):
         if threads is not None and threads < 1:
             raise ValueError("threads must be positive")
         if tile is not None and (tile < _MIN_WIDTH or tile & (tile - 1)):
@@ -1215,8 +1385,10 @@ class CpuEngine(Engine):
                        else os.cpu_count() or 1)
         self.threads = threads
         self.chunk_rows = chunk_rows
+        self.table_cache = None
+        if table_cache is not False and table_cache is not None:
+            self.table_cache = _TableCache(None if table_cache is True else table_cache)
         self._prepared = None  # (network, _Packed)
-        self._compiled = False
         self._buffers = []  # one _Buffers per worker, reused across calls
 
     @classmethod
@@ -1228,21 +1400,21 @@ class CpuEngine(Engine):
     def prepare(self, network, progress=False):
         """Compile the kernels and build the layer tables of ``network``; returns the seconds spent.
 
-        An in-memory network is converted whole; a streamed one
-        (``LayerFiles``, rebuilt generated layers) is summarized here, one
-        pass over its layers, and converted a segment at a time as chunks
-        reach it (:class:`_Streamed`). Either is kept for the last network
-        seen. :meth:`infer` calls this when needed; call it first to keep
+        An in-memory network is converted whole, or mapped from the table
+        cache; a streamed one (``LayerFiles``, rebuilt generated layers) is
+        summarized here, one pass over its layers unless the cache holds
+        the summaries, and converted a segment at a time as chunks reach it
+        (:class:`_Streamed`). Either is kept for the last network seen. :meth:`infer` calls this when needed; call it first to keep
         one-off work out of a measurement.
         """
         with Timer() as timer:
-            if not self._compiled:
-                _warm_up()
-                self._compiled = True
+            _warm_up()
             if self._prepared is None or self._prepared[0] is not network:
                 self._prepared = None  # the last network's tables go first
-                tables = (_pack(network, progress) if isinstance(network.layers, list)
-                          else _Streamed(network, self.streamed_bytes, progress))
+                tables = (_pack(network, progress, self.table_cache, self.threads)
+                          if isinstance(network.layers, list)
+                          else _Streamed(network, self.streamed_bytes, progress, self.table_cache,
+                                         self.threads))
                 self._prepared = (network, tables)
         return timer.seconds
 
@@ -1329,17 +1501,19 @@ def _layers(network):
         yield _Layer(weights, network.bias, original, first=index == 0)
 
 
-def _pack(network, progress=False):
-    """An in-memory network as one :class:`_Packed` segment."""
-    from tqdm import tqdm
+def _pack(network, progress=False, cache=None, threads=1):
+    """An in-memory network as one :class:`_Packed` segment (see :func:`_pack_layers`)."""
+    return _pack_layers(network, exactness.original_constants(network), 0, network.n_layers,
+                        None, cache, threads, progress, "network")
 
-    layers = list(tqdm(_layers(network), total=network.n_layers, desc="convert layers",
-                       unit="layer", disable=not progress, leave=False))
-    return _Packed(layers, 0, network.n_layers, _settled_after(layers))
+
+_WARM = []  # holds True once this process has run _warm_up
 
 
 def _warm_up():
-    """Compile every kernel (or load it from numba's cache) on one-neuron tiles."""
+    """Compile every kernel (or load it from numba's cache) on one-neuron tiles, once a process."""
+    if _WARM:
+        return
     from ..network import Network
 
     one = sp.csr_matrix(np.ones((1, 1)))
@@ -1349,3 +1523,4 @@ def _warm_up():
     for network in (Network([one * 40.0, one, one * 0.5], -0.25), Network([one, one], 0.25)):
         _run_chunk(np.arange(2), _segments(_pack(network)), network.bias, inputs,
                    False, YMAX, _Buffers(TILE, 1), network.n_layers, TILE)
+    _WARM.append(True)
