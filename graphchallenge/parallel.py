@@ -22,7 +22,7 @@ import os
 import numpy as np
 import scipy.sparse as sp
 
-from . import engines, runner
+from . import engines, io, runner
 from .engines.base import Engine, InferenceResult
 from .errors import GraphChallengeError
 
@@ -191,7 +191,8 @@ class DistributedEngine(Engine):
             return 0.0
         if inputs is None:
             inputs = sp.csr_matrix((1, network.n_features))
-        result = self._collective("warming up", self.engine.infer, network, inputs[:1])
+        result = self._collective("warming up", self.engine.infer, network,
+                                  io.row_block(inputs, 0, 1))
         self._warm = network
         return result.prepare_seconds + result.infer_seconds
 
@@ -201,7 +202,8 @@ class DistributedEngine(Engine):
         start, stop = block(inputs.shape[0], rank, comm.Get_size())
         comm.Barrier()
         result = self._collective("running inference", self.engine.infer, network,
-                                  inputs[start:stop], progress=progress and rank == 0)
+                                  io.row_block(inputs, start, stop),
+                                  progress=progress and rank == 0)
         local = (result.categories + start).astype(np.int64)
         counts = np.array(comm.allgather(local.size), dtype=np.int64)
         categories = np.empty(int(counts.sum()), dtype=np.int64)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from . import derived, engines, network as network_mod
+from . import derived, engines, io, network as network_mod
 from .errors import GraphChallengeError
 from .validate import validate
 
@@ -101,7 +101,7 @@ def _truth_block(start, stop):
     from .engines.reference import ReferenceEngine
 
     network, inputs = _TRUTH_JOB["job"]
-    return ReferenceEngine().infer(network, inputs[start:stop]).categories + start
+    return ReferenceEngine().infer(network, io.row_block(inputs, start, stop)).categories + start
 
 
 def reference_truth(network, inputs, n_rows, progress=False, workers=None):
@@ -128,7 +128,7 @@ def reference_truth(network, inputs, n_rows, progress=False, workers=None):
     if not 1 <= n_rows <= inputs.shape[0]:
         raise GraphChallengeError(f"--truth-inputs must be in 1..{inputs.shape[0]} (the inputs "
                                   f"of the run; got {n_rows})")
-    exact, rows = network.exact_reference, inputs[:n_rows]
+    exact, rows = network.exact_reference, io.row_block(inputs, 0, n_rows)
     if workers is None:
         workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                    else os.cpu_count() or 1)

@@ -74,6 +74,28 @@ def test_inputs_far_above_32_get_a_bound_that_covers_them(engine, monkeypatch, f
 
 
 @pytest.mark.parametrize("first_layer", ["scatter", "gather"])
+def test_inputs_read_with_their_one_value_stored_once(engine, rng, tmp_path, monkeypatch,
+                                                      first_layer):
+    # A binary input file whose pixels all hold 1 is read as a stride-0 view of one number.
+    from graphchallenge import io
+    from graphchallenge.engines import cpu
+
+    monkeypatch.setattr(cpu, "_scatter_pays", lambda *args: first_layer == "scatter")
+    network = Network([random_layer(rng, 64, 64, 4) for _ in range(8)], -0.3)
+    inputs = random_inputs(rng, 300, 64, density=0.15)
+    inputs.data[:] = 1.0
+    path = tmp_path / "sparse-images-64.csr"
+    io.save_csr(path, inputs)
+    read = io.read_inputs(path, 64)
+    assert read.data.strides == (0,) and read.nnz == inputs.nnz
+    expected = forward_categories(network.layers, -0.3, inputs)
+    assert 0 < expected.size < 300
+    assert engine.infer(network, read).categories.tolist() == expected.tolist()
+    assert engine.infer(network, read[:150]).categories.tolist() == \
+        expected[expected <= 150].tolist()
+
+
+@pytest.mark.parametrize("first_layer", ["scatter", "gather"])
 def test_an_input_entry_given_twice_counts_twice(engine, monkeypatch, first_layer):
     from graphchallenge.engines import cpu
 

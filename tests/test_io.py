@@ -363,3 +363,16 @@ def test_saved_arrays_map_back_read_only_with_their_shapes(tmp_path):
     with open(path, "r+b") as handle:
         handle.truncate(path.stat().st_size - 1)
     assert io.load_arrays(path, "k1") is None
+
+
+def test_a_row_block_shares_the_values_and_keeps_a_one_value_view(tmp_path, rng):
+    inputs = random_inputs(rng, 40, 30, density=0.2)
+    for start, stop in ((0, 40), (5, 17), (39, 40), (10, 10), (0, 1)):
+        assert (io.row_block(inputs, start, stop) != inputs[start:stop]).nnz == 0
+        assert io.row_block(inputs, start, stop).shape == (stop - start, 30)
+    inputs.data[:] = 1.0
+    io.save_csr(tmp_path / "x.csr", inputs)
+    read = io.read_inputs(tmp_path / "x.csr", 30)
+    block = io.row_block(read, 3, 20)
+    assert block.data.strides == (0,) and (block != inputs[3:20]).nnz == 0
+    assert io.read_inputs(tmp_path / "x.csr", 30, n_inputs=7).data.strides == (0,)

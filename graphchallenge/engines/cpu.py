@@ -188,8 +188,12 @@ def _start_stats(stats):
 
 
 @_kernel()
-def _load_inputs(in_indptr, in_indices, in_values, lane_rows, out):
-    """Tiles holding input rows ``lane_rows`` (negative: an empty lane), neuron-major."""
+def _load_inputs(in_indptr, in_indices, in_values, in_stride, lane_rows, out):
+    """Tiles holding input rows ``lane_rows`` (negative: an empty lane), neuron-major.
+
+    Nonzero ``q``'s value is ``in_values[q * in_stride]`` (``in_stride`` 0:
+    inputs whose nonzeros all hold one value store it once).
+    """
     n_tiles, n_in, width = out.shape
     for tile in range(n_tiles):
         block = out[tile]
@@ -198,7 +202,7 @@ def _load_inputs(in_indptr, in_indices, in_values, lane_rows, out):
             row = lane_rows[tile * width + lane]
             if row >= 0:
                 for q in range(in_indptr[row], in_indptr[row + 1]):
-                    block[in_indices[q], lane] = in_values[q]
+                    block[in_indices[q], lane] = in_values[q * in_stride]
 
 
 @_kernel(inline=True)
@@ -364,8 +368,8 @@ def _gather_layer_structural(act, pairs, copies, w_indptr, w_indices, w_values, 
 
 
 @_kernel(inline=True)
-def _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices, w_values,
-                    pairs, copies, bias, dense, out, stats):
+def _scatter_inputs(in_indptr, in_indices, in_values, in_stride, lane_rows, w_indptr, w_indices,
+                    w_values, pairs, copies, bias, dense, out, stats):
     """The first layer straight from the sparse input rows, written to tiles ``out``.
 
     Each input nonzero ``x`` at neuron ``k`` adds ``x * W[k, :]`` (the row of
@@ -388,7 +392,7 @@ def _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_ind
             if row >= 0:
                 for q in range(in_indptr[row], in_indptr[row + 1]):
                     k = in_indices[q]
-                    x = in_values[q]
+                    x = in_values[q * in_stride]
                     for p in range(w_indptr[k], w_indptr[k + 1]):
                         acc[w_indices[p]] += x * w_values[p]
                     n_terms += w_indptr[k + 1] - w_indptr[k]
@@ -408,17 +412,17 @@ def _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_ind
 
 
 @_kernel()
-def _scatter_inputs_dense(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices,
-                          w_values, pairs, copies, bias, out, stats):
-    return _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices,
-                           w_values, pairs, copies, bias, True, out, stats)
+def _scatter_inputs_dense(in_indptr, in_indices, in_values, in_stride, lane_rows, w_indptr,
+                          w_indices, w_values, pairs, copies, bias, out, stats):
+    return _scatter_inputs(in_indptr, in_indices, in_values, in_stride, lane_rows, w_indptr,
+                           w_indices, w_values, pairs, copies, bias, True, out, stats)
 
 
 @_kernel()
-def _scatter_inputs_structural(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices,
-                               w_values, pairs, copies, bias, out, stats):
-    return _scatter_inputs(in_indptr, in_indices, in_values, lane_rows, w_indptr, w_indices,
-                           w_values, pairs, copies, bias, False, out, stats)
+def _scatter_inputs_structural(in_indptr, in_indices, in_values, in_stride, lane_rows, w_indptr,
+                               w_indices, w_values, pairs, copies, bias, out, stats):
+    return _scatter_inputs(in_indptr, in_indices, in_values, in_stride, lane_rows, w_indptr,
+                           w_indices, w_values, pairs, copies, bias, False, out, stats)
 
 
 @_kernel()
@@ -493,7 +497,8 @@ def _tile_view(buffer, n_tiles, n_neurons, width):
 def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_base,
              value_stride, pairs, pair_start, copies, n_in, n_out, growth, max_terms,
              positive_growth, keeps, negative, settled_after, following, bias, tile, scatter_first,
-             s_indptr, s_indices, s_values, in_indptr, in_indices, in_values, negative_inputs,
+             s_indptr, s_indices, s_values, in_indptr, in_indices, in_values, in_stride,
+             negative_inputs,
              input_scale, buffer_a, buffer_b, stats_buffer, act_in_b,
              width, lane_rows, errors, saturated, n_saturated, flagged, n_flagged, live, computed,
              multiply_adds, cycles):
@@ -567,17 +572,17 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
             order = pairs[pair_start[index]:pair_start[index + 1]]
             if layer == 0 and scatter_first:
                 if dense:
-                    work = _scatter_inputs_dense(in_indptr, in_indices, in_values, lane_rows,
-                                                 s_indptr, s_indices, s_values, order, copies,
-                                                 bias, out, stats)
+                    work = _scatter_inputs_dense(in_indptr, in_indices, in_values, in_stride,
+                                                 lane_rows, s_indptr, s_indices, s_values, order,
+                                                 copies, bias, out, stats)
                 else:
-                    work = _scatter_inputs_structural(in_indptr, in_indices, in_values, lane_rows,
-                                                      s_indptr, s_indices, s_values, order, copies,
-                                                      bias, out, stats)
+                    work = _scatter_inputs_structural(in_indptr, in_indices, in_values,
+                                                      in_stride, lane_rows, s_indptr, s_indices,
+                                                      s_values, order, copies, bias, out, stats)
             else:
                 act = _tile_view(buffer_b if act_in_b else buffer_a, n_tiles, n_in[index], width)
                 if layer == 0:
-                    _load_inputs(in_indptr, in_indices, in_values, lane_rows, act)
+                    _load_inputs(in_indptr, in_indices, in_values, in_stride, lane_rows, act)
                 if dense:
                     work = _gather_layer_dense(act, order, copies, column_pointers, g_indices,
                                                g_values, value_base[index], value_stride[index],
@@ -921,7 +926,14 @@ def _group_columns(indptr, indices, value_bits, order):
 
 
 def _as_inputs(inputs, n_features):
-    """The inputs as the CSR arrays the first-layer kernel takes (no copy when already so)."""
+    """The inputs as the CSR arrays the first-layer kernels take: ``(indptr, columns, values,
+    value_stride)``, with no copy when already so.
+
+    Inputs whose nonzeros share one value stored once (a binary input file
+    read by :func:`graphchallenge.io.read_inputs`: a stride-0 view) stay
+    so: ``values`` holds the one value and ``value_stride`` is 0, where
+    writing it out would take 3.2 GB for the 60,000 inputs of 65536 neurons.
+    """
     if inputs.ndim != 2 or inputs.shape[1] != n_features:
         raise DataError(f"inputs have {inputs.shape[-1]} columns but the network's first layer "
                         f"has {n_features} inputs")
@@ -930,14 +942,13 @@ def _as_inputs(inputs, n_features):
         # An entry given twice counts twice, as in the product (on a copy: never mutate).
         x = x.copy()
         x.sum_duplicates()
+    data = x.data
+    one_value = data.ndim == 1 and data.size > 1 and data.strides[0] == 0
     arrays = (x.indptr.astype(np.int64, copy=False), x.indices.astype(np.int32, copy=False),
-              np.ascontiguousarray(x.data))
+              np.ascontiguousarray(data[:1] if one_value else data))
     # Read-only views: one kernel signature whether or not the inputs came
     # read-only from the binary cache (another would compile inside the timer).
-    views = tuple(array.view() for array in arrays)
-    for view in views:
-        view.flags.writeable = False
-    return views
+    return tuple(_read_only(array) for array in arrays) + (0 if one_value else 1,)
 
 
 def _scatter_pays(layer, in_indptr, lane_rows):
@@ -1285,8 +1296,8 @@ def _run_chunk(rows, segments, bias, inputs, negative_inputs, input_scale, buffe
                tile):
     """Follow input ``rows`` through the network's ``segments``; returns a :class:`_ChunkOutcome`.
 
-    ``inputs`` are the CSR arrays of all inputs; ``negative_inputs`` tells
-    whether any of them is negative, ``input_scale`` bounds their magnitudes.
+    ``inputs`` are the arrays of all inputs (:func:`_as_inputs`); ``negative_inputs``
+    tells whether any of them is negative, ``input_scale`` bounds their magnitudes.
     """
     start = time.perf_counter()
     width = _width_for(rows.size, tile)

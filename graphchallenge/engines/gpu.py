@@ -393,7 +393,7 @@ class _FusedRun:
             self.zero_count = cupy.zeros(1, dtype=np.int32)
             self.indptr = cupy.asarray(inputs.indptr.astype(np.int64))
             self.indices = cupy.asarray(inputs.indices.astype(np.int32))
-            self.values = cupy.asarray(inputs.data)
+            self.values = cupy.asarray(np.ascontiguousarray(inputs.data))
             self.layers, self.constants = self._upload_layers()
             self.details["mode"] = "resident" if self.layers is not None else "streamed"
             self.tile = self._allocate_tile()
@@ -736,8 +736,11 @@ class CusparseEngine(_CupyEngine):
 
     @staticmethod
     def _device_csr(cupy, matrix):
-        return _device_sparse().csr_matrix((cupy.asarray(matrix.data), cupy.asarray(matrix.indices),
-                                cupy.asarray(matrix.indptr)), shape=matrix.shape)
+        # Contiguous first: inputs read from a binary file hold their one value as a
+        # stride-0 view (see io.read_inputs).
+        return _device_sparse().csr_matrix((cupy.asarray(np.ascontiguousarray(matrix.data)),
+                                            cupy.asarray(matrix.indices),
+                                            cupy.asarray(matrix.indptr)), shape=matrix.shape)
 
     def _device_layer(self, cupy, layers, k, bias, careful_inputs, original=None):
         """``(W on the device as CSR, growth, gamma, careful)`` of layer ``k``.
