@@ -996,7 +996,7 @@ class _Packed:
     """Consecutive layers ``first ..`` of a network as the flat tables :func:`_forward` takes.
 
     ``tables`` maps :data:`_TABLE_NAMES` (and, for a segment that starts
-    the network, :data:`_SCATTER_NAMES`) to arrays, built by :meth:`build`
+    the network, :data:`_SCATTER_NAMES`) to arrays, built by :meth:`tables_of`
     or mapped from disk (:class:`_TableCache`). ``settled_after[l]`` says
     whether every later layer of the whole network keeps saturated rows
     saturated; ``None`` (unknown) counts as no for all but the network's
