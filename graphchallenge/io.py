@@ -556,11 +556,14 @@ def save_arrays(dest, arrays, key):
     _save_headed(dest, _ARRAYS_MAGIC, {"key": key}, arrays, align=64, shapes=True)
 
 
-def load_arrays(path, key):
+def load_arrays(path, key, populate=False):
     """The arrays :func:`save_arrays` wrote to ``path`` under ``key``, memory-mapped read-only.
 
     None when the file is absent, written under another key, truncated or
-    not such a file: the caller builds the arrays again.
+    not such a file: the caller builds the arrays again. With ``populate``
+    every page is read in now (``MAP_POPULATE``, else by touching each
+    page), so that first use does not fault them in one by one, and a timed
+    run does not pay for reading the file.
     """
     import mmap
 
@@ -574,9 +577,12 @@ def load_arrays(path, key):
             if header.get("key") != key or os.fstat(handle.fileno()).st_size != \
                     start + header["data_bytes"]:
                 return None
-            buffer = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+            buffer = mmap.mmap(handle.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if populate and not hasattr(mmap, "MAP_POPULATE"):
+        np.frombuffer(buffer, dtype=np.uint8)[::mmap.PAGESIZE].sum()
     arrays = {}
     for name, (offset, dtype, shape) in header["arrays"].items():
         dtype = np.dtype(dtype)

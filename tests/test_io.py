@@ -376,3 +376,15 @@ def test_a_row_block_shares_the_values_and_keeps_a_one_value_view(tmp_path, rng)
     block = io.row_block(read, 3, 20)
     assert block.data.strides == (0,) and (block != inputs[3:20]).nnz == 0
     assert io.read_inputs(tmp_path / "x.csr", 30, n_inputs=7).data.strides == (0,)
+
+
+@pytest.mark.parametrize("populate_flag", [True, False], ids=["MAP_POPULATE", "touched"])
+def test_populated_arrays_read_the_same(tmp_path, monkeypatch, populate_flag):
+    import mmap
+
+    if not populate_flag:
+        monkeypatch.delattr(mmap, "MAP_POPULATE", raising=False)
+    arrays = {"a": np.arange(3 * mmap.PAGESIZE, dtype=np.int64), "b": np.ones(7)}
+    io.save_arrays(tmp_path / "x.tables", arrays, key="k")
+    loaded = io.load_arrays(tmp_path / "x.tables", "k", populate=True)
+    assert all(np.array_equal(loaded[name], arrays[name]) for name in arrays)

