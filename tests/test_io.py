@@ -388,3 +388,15 @@ def test_populated_arrays_read_the_same(tmp_path, monkeypatch, populate_flag):
     io.save_arrays(tmp_path / "x.tables", arrays, key="k")
     loaded = io.load_arrays(tmp_path / "x.tables", "k", populate=True)
     assert all(np.array_equal(loaded[name], arrays[name]) for name in arrays)
+
+
+def test_binary_inputs_read_in_blocks_are_whole(tmp_path, rng, capsys):
+    inputs = random_inputs(rng, 50, 40, density=0.3)
+    io.save_csr(tmp_path / "x.csr", inputs)
+    with open(tmp_path / "x.csr", "rb") as handle:
+        handle.read(16)
+        rest = io._read_rest(handle, tmp_path / "x.csr", progress=True, block=100)
+    assert rest.tobytes() == (tmp_path / "x.csr").read_bytes()[16:]
+    assert "read x.csr" in capsys.readouterr().err  # the bar, on stderr
+    read = io.read_inputs(tmp_path / "x.csr", 40, progress=True)
+    assert (read != inputs).nnz == 0
