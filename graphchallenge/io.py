@@ -586,13 +586,14 @@ def load_arrays(path, key, populate=False):
     if populate and not hasattr(mmap, "MAP_POPULATE"):
         np.frombuffer(buffer, dtype=np.uint8)[::mmap.PAGESIZE].sum()
     arrays = {}
-    for name, (offset, dtype, shape) in header["arrays"].items():
-        dtype = np.dtype(dtype)
-        count = math.prod(shape)
-        # np.frombuffer gives plain read-only arrays (a np.memmap is a subclass numba
-        # would compile for separately).
-        arrays[name] = np.frombuffer(buffer, dtype=dtype, count=count,
-                                     offset=start + offset).reshape(shape)
+    try:
+        for name, (offset, dtype, shape) in header["arrays"].items():
+            # np.frombuffer gives plain read-only arrays (a np.memmap is a subclass
+            # numba would compile for separately).
+            arrays[name] = np.frombuffer(buffer, dtype=np.dtype(dtype), count=math.prod(shape),
+                                         offset=start + offset).reshape(shape)
+    except (ValueError, TypeError, KeyError):
+        return None  # a header that does not describe this file
     return arrays
 
 
