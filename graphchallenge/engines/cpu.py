@@ -1416,8 +1416,9 @@ class CpuEngine(Engine):
         cache; a streamed one (``LayerFiles``, rebuilt generated layers) is
         summarized here, one pass over its layers unless the cache holds
         the summaries, and converted a segment at a time as chunks reach it
-        (:class:`_Streamed`). Either is kept for the last network seen. :meth:`infer` calls this when needed; call it first to keep
-        one-off work out of a measurement.
+        (:class:`_Streamed`). Either is kept for the last network seen.
+        :meth:`infer` calls this when needed; call it first to keep one-off
+        work out of a measurement.
         """
         with Timer() as timer:
             _warm_up()
