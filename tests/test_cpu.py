@@ -594,8 +594,7 @@ def test_changed_layers_bias_or_original_get_their_own_tables(tmp_path, rng):
     path = tmp_path / "layer2.tsv"
     io.write_layer(path, random_layer(rng, 48, 48, 4))
     os.utime(path, ns=(1, 1))
-    files = LayerFiles(_layer_files(tmp_path, [])[:0] + [tmp_path / f"layer{k}.tsv"
-                                                           for k in range(6)], [(48, 48)] * 6)
+    files = LayerFiles([tmp_path / f"layer{k}.tsv" for k in range(6)], [(48, 48)] * 6)
     assert cache.key(Network(network.layers, -0.3, layer_keys=files.layer_keys()), originals,
                      0, 6, "network") != key
 
