@@ -497,6 +497,15 @@ def constant_array(size, value):
     return array
 
 
+def _read_head(handle, magic):
+    """``(header, offset of the data)`` of a file :func:`_save_headed` wrote with ``magic``;
+    ``(None, 0)`` when the file starts otherwise (ValueError when its header is not JSON)."""
+    if handle.read(8) != magic:
+        return None, 0
+    head_len = int.from_bytes(handle.read(8), "little")
+    return json.loads(handle.read(head_len)), 16 + head_len
+
+
 def load_csr(path, key=None, mmap=False, one_value_view=False, progress=False):
     """Read a matrix written by :func:`save_csr`; None if absent, stale or damaged.
 
@@ -511,13 +520,10 @@ def load_csr(path, key=None, mmap=False, one_value_view=False, progress=False):
     """
     try:
         with open(path, "rb") as handle:
-            if handle.read(8) != _CACHE_MAGIC:
+            header, start = _read_head(handle, _CACHE_MAGIC)
+            if header is None or header.get("version") != _CACHE_VERSION or \
+                    (key is not None and header.get("key") != key):
                 return None
-            head_len = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(head_len))
-            if header.get("version") != _CACHE_VERSION or (key is not None and header.get("key") != key):
-                return None
-            start = 16 + head_len
             if mmap:
                 buffer = np.memmap(path, dtype=np.uint8, mode="r")
             else:
@@ -571,13 +577,9 @@ def load_arrays(path, key, populate=False):
 
     try:
         with open(path, "rb") as handle:
-            if handle.read(8) != _ARRAYS_MAGIC:
-                return None
-            head_len = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(head_len))
-            start = 16 + head_len
-            if header.get("key") != key or os.fstat(handle.fileno()).st_size != \
-                    start + header["data_bytes"]:
+            header, start = _read_head(handle, _ARRAYS_MAGIC)
+            if header is None or header.get("key") != key or \
+                    os.fstat(handle.fileno()).st_size != start + header["data_bytes"]:
                 return None
             flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
             buffer = mmap.mmap(handle.fileno(), 0, flags=flags, prot=mmap.PROT_READ)

@@ -59,6 +59,7 @@ The result equals the float64 reference's categories on every input, for
 any network (any shape, weight signs or bias); see ``docs/cpu.md``.
 """
 
+import functools
 import hashlib
 import json
 import logging
@@ -1052,14 +1053,8 @@ class _Packed:
             "pairs": pairs,
             "pair_start": np.cumsum([0] + [len(layer.pairs) for layer in layers]).astype(np.int64),
             "copies": _concatenate([layer.copies for layer in layers], np.int32),
-            "n_in": np.array([layer.n_in for layer in layers], dtype=np.int64),
-            "n_out": np.array([layer.n_out for layer in layers], dtype=np.int64),
-            "growth": np.array([layer.growth for layer in layers], dtype=np.float64),
-            "max_terms": np.array([layer.max_terms for layer in layers], dtype=np.int64),
-            "positive_growth": np.array([layer.positive_growth for layer in layers],
-                                        dtype=np.float64),
-            "keeps": np.array([layer.keeps_saturated for layer in layers], dtype=np.bool_),
-            "negative": np.array([layer.has_negative for layer in layers], dtype=np.bool_),
+            # The bound constants and saturation tests, as a streamed network keeps them.
+            **_summary_tables([layer.summary for layer in layers]),
         }
         if first == 0 and layers:
             tables.update(zip(_SCATTER_NAMES, layers[0].scatter))
@@ -1124,19 +1119,16 @@ class _Streamed:
     def __init__(self, network, budget, progress=False, cache=None, threads=1):
         self.network, self.budget, self.cache, self.threads = network, budget, cache, threads
         self.originals = exactness.original_constants(network)
-        key = cache.key(network, self.originals, 0, network.n_layers, "summaries") \
-            if cache else None
-        stored = cache.load(key) if cache else None
-        if stored is None:
-            def summarize(k):
-                weights = sp.csr_matrix(self.network.layers[k], dtype=np.float64)
+        def summarize():
+            def one(k):
+                weights = sp.csr_matrix(network.layers[k], dtype=np.float64)
                 return _summarize(weights, network.bias, self.originals[k])
 
-            summaries = _map(summarize, range(network.n_layers), threads, progress,
-                             "summarize layers")
-            stored = _summary_tables(summaries)
-            if cache:
-                cache.save(key, stored)
+            return _summary_tables(_map(one, range(network.n_layers), threads, progress,
+                                        "summarize layers"))
+
+        stored = _cached_tables(cache, network, self.originals, 0, network.n_layers, "summaries",
+                                summarize)
         self.summaries = _summaries_from(stored)
         self.settled_after = _settled_after(stored["keeps"])
         self.kept_bytes = 0
@@ -1223,6 +1215,18 @@ class _TableCache:
         return self.folder / f"{key[:40]}.tables"
 
 
+def _cached_tables(cache, network, originals, start, stop, kind, build):
+    """``kind`` tables of layers ``start:stop``: mapped from ``cache``, else ``build()`` and
+    kept there (``cache`` None: built every time)."""
+    key = cache.key(network, originals, start, stop, kind) if cache else None
+    tables = cache.load(key) if cache else None
+    if tables is None:
+        tables = build()
+        if cache:
+            cache.save(key, tables)
+    return tables
+
+
 _SUMMARY_NAMES = ("n_in", "n_out", "growth", "max_terms", "positive_growth", "keeps", "negative")
 
 
@@ -1236,7 +1240,7 @@ def _summary_tables(summaries):
 
 
 def _summaries_from(tables):
-    """The inverse of :func:`_summary_tables` (also reads a :class:`_Packed`'s tables)."""
+    """The inverse of :func:`_summary_tables`."""
     columns = [tables[name] for name in _SUMMARY_NAMES]
     return [_Summary(int(n_in), int(n_out), float(growth), int(max_terms), float(positive),
                      bool(keeps), bool(negative))
@@ -1264,17 +1268,14 @@ def _pack_layers(network, originals, start, stop, settled_after, cache, threads,
     ``settled_after`` is the whole network's (see :func:`_settled_after`);
     None when the layers are the whole network, whose tables then give it.
     """
-    key = cache.key(network, originals, start, stop, kind) if cache else None
-    tables = cache.load(key) if cache else None
-    if tables is None:
-        def convert(k):
+    def convert():
+        def one(k):
             return _Layer(network.layers[k], network.bias, originals[k], first=k == 0)
 
-        layers = _map(convert, range(start, stop), threads, progress, "convert layers")
-        tables = _Packed.tables_of(layers, start)
-        del layers
-        if cache:
-            cache.save(key, tables)
+        return _Packed.tables_of(_map(one, range(start, stop), threads, progress,
+                                      "convert layers"), start)
+
+    tables = _cached_tables(cache, network, originals, start, stop, kind, convert)
     if settled_after is None:
         settled_after = _settled_after(tables["keeps"])
     return _Packed(tables, start, network.n_layers, settled_after[start:stop])
@@ -1520,13 +1521,9 @@ def _pack(network, progress=False, cache=None, threads=1):
                         None, cache, threads, progress, "network")
 
 
-_WARM = []  # holds True once this process has run _warm_up
-
-
+@functools.cache
 def _warm_up():
     """Compile every kernel (or load it from numba's cache) on one-neuron tiles, once a process."""
-    if _WARM:
-        return
     from ..network import Network
 
     one = sp.csr_matrix(np.ones((1, 1)))
@@ -1536,4 +1533,3 @@ def _warm_up():
     for network in (Network([one * 40.0, one, one * 0.5], -0.25), Network([one, one], 0.25)):
         _run_chunk(np.arange(2), _segments(_pack(network)), network.bias, inputs,
                    False, YMAX, _Buffers(TILE, 1), network.n_layers, TILE)
-    _WARM.append(True)
