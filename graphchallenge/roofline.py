@@ -6,10 +6,11 @@ in the L1 cache) and the bytes per second memory can deliver
 (a STREAM-style triad over arrays far larger than the caches). For a run
 of the engine, :func:`roofline` sets against them, per group of layers, the
 multiply-adds the kernels counted (``details["multiply_adds"]``) and the
-activation bytes the tiles must move at least (each computed row's inputs
-read and its outputs written once, ``8 * (n_in + n_out)`` bytes; a first
-layer scattered from the images reads 12 bytes a pixel instead), both per
-core over the layer's measured time.
+activation bytes the tiles must move at least (each computed row's input
+tile read and its output tile written once, ``8 * (rows in + rows out)``
+bytes, where equal columns share a tile row; a first layer scattered from
+the images reads 12 bytes a pixel instead), both per core over the layer's
+measured time.
 
 Examples
 --------
@@ -204,11 +205,12 @@ def roofline(network, inputs, engine=None, limits=None, repeat=3):
     seconds = np.asarray(result.layer_seconds)
     multiply_adds = np.asarray(result.details["multiply_adds"], dtype=np.int64)
     computed = np.asarray(result.details["computed_rows"], dtype=np.int64)
-    widths = np.array([n_in + n_out for n_in, n_out in network.shapes], dtype=np.int64)
-    activation_bytes = 8 * computed * widths
+    # The tiles' rows: a layer's inputs and its computed columns (equal ones share a row).
+    tile_rows = np.asarray(result.details["tile_rows"], dtype=np.int64).reshape(-1, 2)
+    activation_bytes = 8 * computed * tile_rows.sum(axis=1)
     if result.details.get("first_layer") == "scatter":
         # Scattered from the sparse images: 12 bytes a pixel in, the dense tile out.
-        activation_bytes[0] = 12 * inputs.nnz + 8 * computed[0] * network.shapes[0][1]
+        activation_bytes[0] = 12 * inputs.nnz + 8 * computed[0] * tile_rows[0, 1]
     report = RooflineReport(network.name, inputs.shape[0], result.infer_seconds, limits)
     for start, stop in _groups(network.n_layers):
         spent = float(seconds[start:stop].sum())

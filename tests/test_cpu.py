@@ -413,6 +413,59 @@ def test_compiled_error_bound_is_the_bounds_module_formula(rng):
     np.testing.assert_allclose(compiled, expected, rtol=4 * np.finfo(float).eps, atol=0)
 
 
+def _grouped_layer(rng, n_in, n_base):
+    """Each of ``n_base`` random columns three times, plus once with its weights x 0.75,
+    shuffled: ``2 n_base`` distinct columns (each with a partner) of ``4 n_base``."""
+    base = random_layer(rng, n_in, n_base, 5)
+    layer = sp.hstack([sp.kron(base, np.ones((1, 3))), base * 0.75], format="csr")
+    return layer[:, rng.permutation(4 * n_base)].tocsr()
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "streamed"])
+def test_tiles_hold_one_row_per_group_of_equal_columns(tmp_path, rng, monkeypatch, streamed):
+    # The next layer reads a copy's tile row wherever it reads the copy; across
+    # segment boundaries too (a streamed network of 2-layer segments).
+    layers = [_grouped_layer(rng, 40, 12)] + [_grouped_layer(rng, 48, 12) for _ in range(4)]
+    layer = cpu._Layer(layers[1], -0.2)
+    assert layer.n_stored == 24 and layer.gather[0].size == 24 + 1
+    dense = layers[1].toarray()
+    for column in range(48):  # each neuron's tile row is computed from an equal column
+        assert (dense[:, layer.computed_columns[layer.stored[column]]] == dense[:, column]).all()
+    monkeypatch.setattr(cpu, "SEGMENT_LAYERS", 2)
+    network = Network(LayerFiles(_layer_files(tmp_path, layers), [(40, 48)] + [(48, 48)] * 4)
+                      if streamed else layers, -0.2)
+    inputs = random_inputs(rng, 600, 40, density=0.2)
+    expected = forward_categories(layers, -0.2, inputs).tolist()
+    assert 0 < len(expected) < 600
+    engine = cpu.CpuEngine(threads=2, chunk_rows=150, table_cache=False)
+    result = engine.infer(network, inputs)
+    assert result.categories.tolist() == expected
+    assert result.details["tile_rows"] == [[40, 24]] + [[24, 24]] * 4
+    segments = [packed for packed, _ in cpu._segments(engine._prepared[1])]
+    assert len(segments) == (3 if streamed else 1)
+    assert [n for packed in segments for n in packed.tile_out.tolist()] == [24] * 5
+    assert [n for packed in segments for n in packed.tile_in.tolist()] == [40] + [24] * 4
+
+
+def test_a_streamed_segment_wider_than_foreseen_grows_the_tiles(tmp_path, rng, monkeypatch):
+    # Tiles are sized by the first segment and the layers before the others
+    # (24 rows); layer 2's 90 distinct columns need more, found on the way.
+    layers = [_grouped_layer(rng, 40, 12), _grouped_layer(rng, 48, 12),
+              random_layer(rng, 48, 90, 4), _grouped_layer(rng, 90, 12),
+              _grouped_layer(rng, 48, 12)]
+    monkeypatch.setattr(cpu, "SEGMENT_LAYERS", 2)
+    shapes = [layer.shape for layer in layers]
+    network = Network(LayerFiles(_layer_files(tmp_path, layers), shapes), -0.2)
+    inputs = random_inputs(rng, 600, 40, density=0.2)
+    expected = forward_categories(layers, -0.2, inputs).tolist()
+    assert 0 < len(expected) < 600
+    engine = cpu.CpuEngine(threads=2, chunk_rows=150, table_cache=False)
+    engine.prepare(network)
+    assert engine._prepared[1].widest(True) == 24
+    assert engine.infer(network, inputs).categories.tolist() == expected
+    assert all(buffers.widest >= 90 for buffers in engine._buffers)
+
+
 def _layer_files(tmp_path, layers):
     paths = []
     for k, weights in enumerate(layers):
@@ -696,7 +749,7 @@ def test_first_layer_scattered_or_gathered_equals_the_reference(engine, rng, mon
 
 def test_the_real_network_and_its_compaction_are_both_scattered(real_challenge):
     # Scattered, the original's first layer sums only its 64 distinct columns
-    # (2 computed weights per input, as after compaction); measured faster
+    # (2 computed weights per input, as after compaction, and 64 tile rows); measured faster
     # than gathering on the real and on generated inputs.
     from graphchallenge import compress
 
@@ -704,7 +757,7 @@ def test_the_real_network_and_its_compaction_are_both_scattered(real_challenge):
     indptr = real_challenge.inputs.indptr
     original = next(cpu._layers(real_challenge.network))
     compact = next(cpu._layers(compress.compact(real_challenge.network).network))
-    assert original.scatter[0][-1] == 2 * 1024 and original.copies.size == 1024 - 64
+    assert original.scatter[0][-1] == 2 * 1024 and original.n_stored == 64
     assert cpu._scatter_pays(original, indptr, rows)
     assert cpu._scatter_pays(compact, indptr, rows)
     # A layer whose columns all differ is still gathered from these images.

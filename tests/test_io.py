@@ -378,6 +378,16 @@ def test_a_row_block_shares_the_values_and_keeps_a_one_value_view(tmp_path, rng)
     assert io.read_inputs(tmp_path / "x.csr", 30, n_inputs=7).data.strides == (0,)
 
 
+def test_a_row_block_is_known_canonical_only_where_its_matrix_is(rng):
+    inputs = random_inputs(rng, 20, 30)
+    assert io.row_block(inputs, 2, 9).has_canonical_format
+    # Row 1 gives neuron 4 twice, after neuron 1 out of order: not canonical.
+    twice = sp.csr_matrix((np.ones(4), np.array([3, 4, 4, 1]), np.array([0, 1, 4])), shape=(2, 30))
+    assert not twice.has_canonical_format
+    assert not io.row_block(twice, 0, 2).has_canonical_format
+    assert io.row_block(twice, 0, 1).has_canonical_format
+
+
 @pytest.mark.parametrize("populate_flag", [True, False], ids=["MAP_POPULATE", "touched"])
 def test_populated_arrays_read_the_same(tmp_path, monkeypatch, populate_flag):
     import mmap
@@ -394,9 +404,13 @@ def test_binary_inputs_read_in_blocks_are_whole(tmp_path, rng, capsys):
     inputs = random_inputs(rng, 50, 40, density=0.3)
     io.save_csr(tmp_path / "x.csr", inputs)
     with open(tmp_path / "x.csr", "rb") as handle:
-        handle.read(16)
-        rest = io._read_rest(handle, tmp_path / "x.csr", progress=True, block=100)
-    assert rest.tobytes() == (tmp_path / "x.csr").read_bytes()[16:]
+        header, _ = io._read_head(handle, io._CACHE_MAGIC)
+        arrays = io._read_arrays(handle, tmp_path / "x.csr", header["arrays"], progress=True,
+                                 block=100)
     assert "read x.csr" in capsys.readouterr().err  # the bar, on stderr
+    assert sorted(arrays) == ["indices", "indptr"]  # one value, stored in the header
+    for name, array in (("indptr", inputs.indptr), ("indices", inputs.indices)):
+        assert np.array_equal(arrays[name], array)
+        assert arrays[name].base is None  # its own memory: scipy would copy a view of more
     read = io.read_inputs(tmp_path / "x.csr", 40, progress=True)
     assert (read != inputs).nnz == 0

@@ -4,15 +4,17 @@ Inputs are processed in chunks of rows; inside a chunk, layer after layer,
 the rows still alive are packed into tiles of :data:`TILE` rows stored
 neuron-major (``tile x neuron x row``), so that gathering a column's
 inputs is a run of contiguous vector multiply-adds. One pass per column
-fuses the sum, the bias, ReLU, the clamp and the bookkeeping below. A
-column equal to one already computed (the same inputs and weights: every
-challenge layer's outputs come in groups of 16 or 32) is copied, not
-summed again; columns that read the same inputs run one after the other,
-while those inputs are in L1, and two at a time where their inputs are
-exactly the same. Inputs that are zero across a whole tile are skipped. A
-first layer whose computed columns have few weights per input (the
-challenge's, copies aside, or a compacted one) is scattered straight from
-the sparse images instead.
+fuses the sum, the bias, ReLU, the clamp and the bookkeeping below.
+Columns equal to each other (the same inputs and weights: every challenge
+layer's outputs come in groups of 16 or 32) have the same values in every
+row, so they are computed once and share one tile row, which the next
+layer reads for any of them: the tiles of a challenge layer hold a 16th
+or a 32nd of its neurons (64 or 32 rows at 1024). Columns that read the
+same inputs run one after the other, while those inputs are in L1, and
+two at a time where their inputs are exactly the same. Inputs that are zero across a
+whole tile are skipped. A first layer whose computed columns have few
+weights per input (the challenge's, or a compacted one) is scattered
+straight from the sparse images instead.
 
 A chunk crosses the network in one compiled call (:func:`_forward`): the
 bookkeeping between layers runs in numba too, so a layer costs no Python
@@ -275,30 +277,18 @@ def _accumulate_pair(acc, other_acc, source, rows, weights, other_weights, n_ter
 
 
 @_kernel(inline=True)
-def _copy_columns(block, pairs, copies, pair):
-    """Columns equal to those of ``pairs[pair]`` get their values (and have the same statistics)."""
-    j, other, first, n_column = pairs[pair, 0], pairs[pair, 1], pairs[pair, 2], pairs[pair, 3]
-    for copy in range(first, first + n_column + pairs[pair, 4]):
-        values = block[j] if copy < first + n_column else block[other]
-        target = block[copies[copy]]
-        for lane in range(values.size):
-            target[lane] = values[lane]
-
-
-@_kernel(inline=True)
-def _gather_layer(act, pairs, copies, w_indptr, w_indices, w_values, value_base, value_stride,
-                  bias, dense, out, stats):
+def _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride, bias,
+                  dense, out, stats):
     """A layer applied to tiles ``act`` (``tile x n_in x TILE``), written to tiles ``out``.
 
-    Output neuron ``j`` of a tile is ``sum_p w_p * act[tile, k_p, :]`` over
-    column ``j`` of ``W`` (CSC). Columns go by ``pairs`` (see
-    :func:`_column_pairs`): a column equal to one already computed (same
-    inputs, same weights) is copied from it, two columns that read the same
-    inputs are summed together, each input loaded once for both, and
-    columns with similar inputs follow each other, so those inputs are
-    still in L1. Inputs that
-    are zero in every lane of the tile (common in the first, sparse layers)
-    are left out of the sums; a term ``w * 0`` adds exactly nothing, so the
+    Row ``j`` of an output tile is ``sum_p w_p * act[tile, k_p, :]`` over
+    column ``j`` of the layer's computed columns (CSC, rows already mapped to
+    the input tile's rows; see :class:`_Layer`). Columns go by ``pairs``:
+    two columns that read the same inputs are summed together, each input
+    loaded once for both, and columns with similar inputs follow each
+    other, so those inputs are still in L1. Inputs that are zero in every
+    lane of the tile (common in the first, sparse layers) are left out of
+    the sums; a term ``w * 0`` adds exactly nothing, so the
     result is the same to the bit. The weight of term ``p`` (an index into
     ``w_indices``) is ``w_values[value_base + value_stride * p]``: a stride of
     0 reads one stored weight for a whole layer whose weights are all equal.
@@ -348,36 +338,34 @@ def _gather_layer(act, pairs, copies, w_indptr, w_indices, w_values, value_base,
                 _accumulate(block[j], source, kept_rows, kept_weights, n_kept)
             _finish_column(block[j], bias, dense, tile_stats)
             n_terms += n_kept
-            _copy_columns(block, pairs, copies, pair)
     return n_terms * width
 
 
 # The two compiled versions of _gather_layer: with ``dense`` a constant, the
 # choice leaves the innermost loop (measured ~15% faster).
 @_kernel()
-def _gather_layer_dense(act, pairs, copies, w_indptr, w_indices, w_values, value_base,
-                        value_stride, bias, out, stats):
-    return _gather_layer(act, pairs, copies, w_indptr, w_indices, w_values, value_base,
-                         value_stride, bias, True, out, stats)
+def _gather_layer_dense(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride,
+                        bias, out, stats):
+    return _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride,
+                         bias, True, out, stats)
 
 
 @_kernel()
-def _gather_layer_structural(act, pairs, copies, w_indptr, w_indices, w_values, value_base,
-                             value_stride, bias, out, stats):
-    return _gather_layer(act, pairs, copies, w_indptr, w_indices, w_values, value_base,
-                         value_stride, bias, False, out, stats)
+def _gather_layer_structural(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride,
+                             bias, out, stats):
+    return _gather_layer(act, pairs, w_indptr, w_indices, w_values, value_base, value_stride,
+                         bias, False, out, stats)
 
 
 @_kernel(inline=True)
 def _scatter_inputs(in_indptr, in_indices, in_values, in_stride, lane_rows, w_indptr, w_indices,
-                    w_values, pairs, copies, bias, dense, out, stats):
+                    w_values, pairs, bias, dense, out, stats):
     """The first layer straight from the sparse input rows, written to tiles ``out``.
 
     Each input nonzero ``x`` at neuron ``k`` adds ``x * W[k, :]`` (the row of
-    ``W``, CSR, holding only the columns ``pairs`` computes; see
-    :func:`_column_pairs`) to its lane: work in proportion to the images'
-    pixels, not to the layer's width, and no dense input tile to build. The
-    other columns are copied. The sums hold the same terms as the gather's,
+    ``W``, CSR, holding only the computed columns, numbered as the output
+    tile's rows) to its lane: work in proportion to the images' pixels, not
+    to the layer's width, and no dense input tile to build. The sums hold the same terms as the gather's,
     in another order, which the rounding band covers. Returns the
     multiply-adds done.
     """
@@ -408,22 +396,21 @@ def _scatter_inputs(in_indptr, in_indices, in_values, in_stride, lane_rows, w_in
             for j in (pairs[pair, 0], pairs[pair, 1]):
                 if j >= 0:
                     _finish_column(block[j], bias, dense, tile_stats)
-            _copy_columns(block, pairs, copies, pair)
     return n_terms
 
 
 @_kernel()
 def _scatter_inputs_dense(in_indptr, in_indices, in_values, in_stride, lane_rows, w_indptr,
-                          w_indices, w_values, pairs, copies, bias, out, stats):
+                          w_indices, w_values, pairs, bias, out, stats):
     return _scatter_inputs(in_indptr, in_indices, in_values, in_stride, lane_rows, w_indptr,
-                           w_indices, w_values, pairs, copies, bias, True, out, stats)
+                           w_indices, w_values, pairs, bias, True, out, stats)
 
 
 @_kernel()
 def _scatter_inputs_structural(in_indptr, in_indices, in_values, in_stride, lane_rows, w_indptr,
-                               w_indices, w_values, pairs, copies, bias, out, stats):
+                               w_indices, w_values, pairs, bias, out, stats):
     return _scatter_inputs(in_indptr, in_indices, in_values, in_stride, lane_rows, w_indptr,
-                           w_indices, w_values, pairs, copies, bias, False, out, stats)
+                           w_indices, w_values, pairs, bias, False, out, stats)
 
 
 @_kernel()
@@ -496,7 +483,7 @@ def _tile_view(buffer, n_tiles, n_neurons, width):
 
 @_kernel()
 def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_base,
-             value_stride, pairs, pair_start, copies, n_in, n_out, growth, max_terms,
+             value_stride, pairs, pair_start, tile_in, tile_out, growth, max_terms,
              positive_growth, keeps, negative, settled_after, following, bias, tile, scatter_first,
              s_indptr, s_indices, s_values, in_indptr, in_indices, in_values, in_stride,
              negative_inputs,
@@ -506,15 +493,18 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
     """Follow one chunk's tiles through a segment of packed layers, all in compiled code.
 
     The segment is layers ``first .. first + L - 1`` of the network (``L``
-    entries in each per-layer table; ``g_indptr`` holds each layer's column
-    pointers, already offset into ``g_indices``, from ``g_start[l]``; term
-    ``p``'s weight is ``g_values[value_base[l] + value_stride[l] * p]``; the
-    column order is ``pairs[pair_start[l]:pair_start[l + 1]]``, whose copy
-    positions index ``copies``; see :func:`_column_pairs`).
+    entries in each per-layer table). Layer ``l``'s tiles hold
+    ``tile_out[l]`` rows, one per computed column (see :class:`_Layer`), and
+    it reads ``tile_in[l]`` (the previous layer's, or the inputs' width).
+    ``g_indptr`` holds each layer's column pointers, already offset into
+    ``g_indices``, from ``g_start[l]``; term ``p``'s weight is
+    ``g_values[value_base[l] + value_stride[l] * p]``; columns go in pairs
+    ``pairs[pair_start[l]:pair_start[l + 1]]`` (column, partner or -1).
     ``following`` is ``(has_next, positive_growth, growth, max_terms)`` of the
     layer after the segment. ``input_scale`` bounds the inputs' magnitudes
-    (:func:`exactness.input_scale`), as 32 bounds every later layer's. ``settled_after[l]``: every layer of the network
-    after layer ``l`` keeps saturated rows saturated.
+    (:func:`exactness.input_scale`), as 32 bounds every later layer's.
+    ``settled_after[l]``: every layer of the network after layer ``l`` keeps
+    saturated rows saturated.
 
     The state of the chunk goes in and comes out: the tiles (in ``buffer_b``
     when ``act_in_b``, else ``buffer_a``; ``lane_rows``, their ``width``),
@@ -526,7 +516,7 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
     ``done``: no later layer can change any verdict.
     """
     has_next, next_positive_growth, next_growth, next_max_terms = following
-    n_layers = n_in.size
+    n_layers = tile_in.size
     dense = bias < 0.0
     for index in range(n_layers):
         start = _cycles()
@@ -555,9 +545,9 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
                 new_rows[position] = saturated[q]
                 position += 1
             source = _tile_view(buffer_b if act_in_b else buffer_a, lane_rows.size // width,
-                                n_in[index], width)
+                                tile_in[index], width)
             target = _tile_view(buffer_a if act_in_b else buffer_b, n_lanes // new_width,
-                                n_in[index], new_width)
+                                tile_in[index], new_width)
             _gather_lanes(source, sources, target)
             act_in_b = not act_in_b
             width, lane_rows, errors, n_saturated = new_width, new_rows, new_errors, 0
@@ -567,29 +557,30 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
         n_computed = 0
         if n_lanes > 0:
             n_tiles = n_lanes // width
-            out = _tile_view(buffer_a if act_in_b else buffer_b, n_tiles, n_out[index], width)
+            out = _tile_view(buffer_a if act_in_b else buffer_b, n_tiles, tile_out[index], width)
             stats = stats_buffer[:n_tiles * _N_STATS * width].reshape((n_tiles, _N_STATS, width))
-            column_pointers = g_indptr[g_start[index]:g_start[index] + n_out[index] + 1]
+            column_pointers = g_indptr[g_start[index]:g_start[index] + tile_out[index] + 1]
             order = pairs[pair_start[index]:pair_start[index + 1]]
             if layer == 0 and scatter_first:
                 if dense:
                     work = _scatter_inputs_dense(in_indptr, in_indices, in_values, in_stride,
                                                  lane_rows, s_indptr, s_indices, s_values, order,
-                                                 copies, bias, out, stats)
+                                                 bias, out, stats)
                 else:
                     work = _scatter_inputs_structural(in_indptr, in_indices, in_values,
                                                       in_stride, lane_rows, s_indptr, s_indices,
-                                                      s_values, order, copies, bias, out, stats)
+                                                      s_values, order, bias, out, stats)
             else:
-                act = _tile_view(buffer_b if act_in_b else buffer_a, n_tiles, n_in[index], width)
+                act = _tile_view(buffer_b if act_in_b else buffer_a, n_tiles, tile_in[index],
+                                 width)
                 if layer == 0:
                     _load_inputs(in_indptr, in_indices, in_values, in_stride, lane_rows, act)
                 if dense:
-                    work = _gather_layer_dense(act, order, copies, column_pointers, g_indices,
+                    work = _gather_layer_dense(act, order, column_pointers, g_indices,
                                                g_values, value_base[index], value_stride[index],
                                                bias, out, stats)
                 else:
-                    work = _gather_layer_structural(act, order, copies, column_pointers,
+                    work = _gather_layer_structural(act, order, column_pointers,
                                                     g_indices, g_values, value_base[index],
                                                     value_stride[index], bias, out, stats)
             multiply_adds[index] = work
@@ -668,7 +659,7 @@ def _forward(first, last_segment, g_indptr, g_start, g_indices, g_values, value_
                         position += 1
                 if n_new > 0:
                     target = _tile_view(buffer_a if act_in_b else buffer_b, n_new // new_width,
-                                        n_out[index], new_width)
+                                        tile_out[index], new_width)
                     _gather_lanes(out, sources, target)
                     act_in_b = not act_in_b
                 width, lane_rows, errors = new_width, new_rows, new_errors
@@ -777,35 +768,33 @@ def _keeps_saturated(column_sums, growth, max_terms, bias):
 class _Layer:
     """One layer as the kernels want it, with its :class:`_Summary` (``summary``).
 
-    Column indices are 16-bit where the layer has at most 65536 inputs, a
-    layer whose weights are all equal stores one, and only the first layer
-    (``first``) keeps its rows for scattering from the inputs.
+    Only computed columns are kept. A column equal to another (the same
+    inputs and weights, bit for bit: every challenge layer's outputs come in
+    groups of 16 or 32) has the same values in every row, so the tiles hold
+    one row per group, and the next layer reads that row wherever it reads
+    any member: ``stored`` maps each output neuron to its tile row, and
+    ``pairs`` holds the tile rows computed together (row, partner or -1; see
+    :func:`_column_pairs`). ``gather`` holds the computed columns in
+    tile-row order (CSC), their rows still numbered as the layer's inputs;
+    :meth:`_Packed.tables_of` maps them through the previous layer's
+    ``stored``. A layer whose weights are all equal stores one, and only the
+    first layer (``first``) keeps its rows for scattering from the inputs.
     """
 
     def __init__(self, weights, bias, original=None, first=False):
         weights = sp.csr_matrix(weights, dtype=np.float64)
         self.summary = _summarize(weights, bias, original)
-        if not weights.has_canonical_format:
-            # Duplicate entries summed, indices sorted: on a copy (the layer may be read-only).
-            weights = weights.copy()
-            weights.sum_duplicates()
-        column_pointers, rows, values = _transpose(weights.indptr, weights.indices, weights.data,
-                                                   weights.shape[1])
-        csc = sp.csc_matrix((values, rows, column_pointers), shape=weights.shape)
-        data = csc.data
+        weights, csc, self.pairs, computed, self.stored = _grouped(weights)
+        self.computed_columns, self.n_stored = computed, computed.size
+        kept = csc[:, computed]
+        data = kept.data
         self.uniform = bool(data.size and data.min() == data.max())
-        index_type = np.uint16 if weights.shape[0] <= 2**16 else np.int32
-        self.gather = (csc.indptr.astype(np.int64), csc.indices.astype(index_type),
+        self.gather = (kept.indptr.astype(np.int64), kept.indices.astype(np.int32),
                        np.ascontiguousarray(data[:1] if self.uniform else data))
-        self.pairs, self.copies = _column_pairs(csc)
         self.scatter = None
         if first:
-            # The rows of W restricted to the columns computed (the others are copies).
-            computed = np.zeros(weights.shape[1], dtype=bool)
-            computed[self.pairs[:, :2][self.pairs[:, :2] >= 0]] = True
-            rows = weights[:, np.flatnonzero(computed)]
-            rows = sp.csr_matrix((rows.data, np.flatnonzero(computed)[rows.indices], rows.indptr),
-                                 shape=weights.shape)
+            # The rows of W restricted to the computed columns, numbered as tile rows.
+            rows = weights[:, computed]
             self.scatter = (rows.indptr.astype(np.int64), rows.indices.astype(np.int32),
                             np.ascontiguousarray(rows.data))
 
@@ -814,6 +803,43 @@ class _Layer:
         if name == "summary":
             raise AttributeError(name)
         return getattr(self.summary, name)
+
+
+class _TileRows(NamedTuple):
+    """A layer's tile rows (see :class:`_Layer`): output neuron -> row, and how many."""
+
+    stored: np.ndarray
+    n_stored: int
+
+
+def _grouped(weights):
+    """``weights`` (CSR float64) grouped into tile rows: ``(weights canonical, CSC, tile pairs,
+    computed columns, stored)`` (see :func:`_tile_rows`)."""
+    if not weights.has_canonical_format:
+        # Duplicate entries summed, indices sorted: on a copy (the layer may be read-only).
+        weights = weights.copy()
+        weights.sum_duplicates()
+    column_pointers, rows, values = _transpose(weights.indptr, weights.indices, weights.data,
+                                               weights.shape[1])
+    csc = sp.csc_matrix((values, rows, column_pointers), shape=weights.shape)
+    pairs, copies = _column_pairs(csc)
+    return (weights, csc) + _tile_rows(pairs, copies, weights.shape[1])
+
+
+def _tile_rows(pairs, copies, n_out):
+    """From :func:`_column_pairs`: the pairs as tile rows, the computed columns in tile-row
+    order, and each output neuron's tile row (a copy shares its column's)."""
+    has_partner = pairs[:, 1] >= 0
+    position = np.cumsum(1 + has_partner) - (1 + has_partner)
+    tile_pairs = np.stack([position, np.where(has_partner, position + 1, -1)],
+                          axis=1).astype(np.int32)
+    columns = pairs[:, :2].ravel()
+    computed = columns[columns >= 0].astype(np.int64)
+    stored = np.empty(n_out, dtype=np.int64)
+    stored[computed] = np.arange(computed.size)
+    # copies holds, pair after pair, the copies of the column, then of the partner.
+    stored[copies] = stored[np.repeat(columns, pairs[:, 3:].ravel())]
+    return tile_pairs, computed, stored
 
 
 def _column_totals(values, indptr):
@@ -839,6 +865,16 @@ class _Buffers:
 
     def holds(self, n_lanes, widest):
         return self.n_lanes >= n_lanes and self.widest >= widest
+
+    def fit(self, widest):
+        """Room for tiles of ``widest`` rows, keeping what the tiles hold now."""
+        if widest <= self.widest:
+            return
+        grown = tuple(np.empty(self.n_lanes * widest) for _ in range(2))
+        for old, new in zip(self.arrays, grown):
+            new[:old.size] = old
+        self.arrays = grown + self.arrays[2:]
+        self.widest = widest
 
 
 def _column_pairs(csc):
@@ -938,7 +974,10 @@ def _as_inputs(inputs, n_features):
     if inputs.ndim != 2 or inputs.shape[1] != n_features:
         raise DataError(f"inputs have {inputs.shape[-1]} columns but the network's first layer "
                         f"has {n_features} inputs")
-    x = sp.csr_matrix(inputs, dtype=np.float64)
+    # Not wrapped again when already float64 CSR: scipy's constructor may copy the
+    # indices, and the object keeps its canonical-format flag for the next call.
+    x = inputs if sp.issparse(inputs) and inputs.format == "csr" and inputs.dtype == np.float64 \
+        else sp.csr_matrix(inputs, dtype=np.float64)
     if not x.has_canonical_format:
         # An entry given twice counts twice, as in the product (on a copy: never mutate).
         x = x.copy()
@@ -981,7 +1020,7 @@ class _FirstLayer(NamedTuple):
 #: The tables a :class:`_Packed` segment holds, in the order :func:`_forward` takes them
 #: (``settled_after`` follows, set by whoever packs the segment).
 _TABLE_NAMES = ("g_indptr", "g_start", "g_indices", "g_values", "value_base", "value_stride",
-                "pairs", "pair_start", "copies", "n_in", "n_out", "growth", "max_terms",
+                "pairs", "pair_start", "tile_in", "tile_out", "growth", "max_terms",
                 "positive_growth", "keeps", "negative")
 _SCATTER_NAMES = ("s_indptr", "s_indices", "s_values")
 
@@ -1008,7 +1047,7 @@ class _Packed:
         for name in _TABLE_NAMES:
             setattr(self, name, _read_only(tables[name]))
         self.first = first
-        self.n_layers = int(self.n_in.size)
+        self.n_layers = int(self.tile_in.size)
         self.last = first + self.n_layers == n_network_layers
         if settled_after is None:
             settled_after = np.zeros(self.n_layers, dtype=np.bool_)
@@ -1018,15 +1057,21 @@ class _Packed:
         self.first_layer = None
         if first == 0 and self.n_layers and _SCATTER_NAMES[0] in tables:
             self.first_layer = _FirstLayer(
-                int(self.n_in[0]), tuple(_read_only(tables[name]) for name in _SCATTER_NAMES))
+                int(self.tile_in[0]), tuple(_read_only(tables[name]) for name in _SCATTER_NAMES))
 
     @staticmethod
-    def tables_of(layers, first):
-        """The tables of :class:`_Layer` ``layers``, the network's ``first`` onwards."""
+    def tables_of(layers, first, previous=None):
+        """The tables of :class:`_Layer` ``layers``, the network's ``first`` onwards.
+
+        ``previous`` is the :class:`_TileRows` (or :class:`_Layer`) of the
+        layer before them, None for the network's first layer, which reads
+        the inputs themselves.
+        """
         column_pointers, starts, value_base, value_stride = [], [], [], []
+        rows, tile_in = [], []
         n_terms = n_pointers = n_values = 0
         for layer in layers:
-            indptr, _, values = layer.gather
+            indptr, inputs, values = layer.gather
             column_pointers.append(indptr + n_terms)
             starts.append(n_pointers)
             # Term p's weight: values[p - n_terms] of this layer, or its one weight.
@@ -1035,30 +1080,36 @@ class _Packed:
             n_terms += int(indptr[-1])
             n_pointers += indptr.size
             n_values += values.size
-        index_type = np.uint16 if all(layer.gather[1].dtype == np.uint16 for layer in layers) \
-            else np.int32
-        # Each layer's copy positions, offset into the segment's copies.
-        offsets = np.cumsum([0] + [layer.copies.size for layer in layers])
-        pairs = np.concatenate(
-            [layer.pairs + np.array([0, 0, offset, 0, 0], dtype=np.int32)
-             for layer, offset in zip(layers, offsets)]).astype(np.int32) \
-            if layers else np.empty((0, 5), dtype=np.int32)
+            # Inputs read from the previous layer's tile rows (a copy's is its column's).
+            rows.append(inputs if previous is None else previous.stored[inputs])
+            tile_in.append(layer.n_in if previous is None else previous.n_stored)
+            previous = layer
+        index_type = np.uint16 if max(tile_in, default=0) <= 2**16 else np.int32
         tables = {
             "g_indptr": _concatenate(column_pointers, np.int64),
             "g_start": np.array(starts, dtype=np.int64),
-            "g_indices": _concatenate([layer.gather[1] for layer in layers], index_type),
+            "g_indices": _concatenate(rows, index_type),
             "g_values": _concatenate([layer.gather[2] for layer in layers], np.float64),
             "value_base": np.array(value_base, dtype=np.int64),
             "value_stride": np.array(value_stride, dtype=np.int64),
-            "pairs": pairs,
+            "pairs": _concatenate([layer.pairs for layer in layers], np.int32).reshape(-1, 2),
             "pair_start": np.cumsum([0] + [len(layer.pairs) for layer in layers]).astype(np.int64),
-            "copies": _concatenate([layer.copies for layer in layers], np.int32),
+            "tile_in": np.array(tile_in, dtype=np.int64),
+            "tile_out": np.array([layer.n_stored for layer in layers], dtype=np.int64),
             # The bound constants and saturation tests, as a streamed network keeps them.
             **_summary_tables([layer.summary for layer in layers]),
         }
         if first == 0 and layers:
             tables.update(zip(_SCATTER_NAMES, layers[0].scatter))
         return tables
+
+    def widest(self, scatter_first):
+        """The most rows a tile of this segment holds: a layer's computed columns, or its
+        input (the inputs themselves for a first layer gathered, not scattered)."""
+        rows = [self.tile_out.max(initial=0), self.tile_in[1:].max(initial=0)]
+        if self.first_layer is None or not scatter_first:
+            rows.append(self.tile_in[0] if self.n_layers else 0)
+        return int(max(rows))
 
     @property
     def nbytes(self):
@@ -1119,21 +1170,41 @@ class _Streamed:
     def __init__(self, network, budget, progress=False, cache=None, threads=1):
         self.network, self.budget, self.cache, self.threads = network, budget, cache, threads
         self.originals = exactness.original_constants(network)
+        n_layers = network.n_layers
+        # The layers before a segment: their tile rows number the segment's first inputs.
+        ends = list(range(SEGMENT_LAYERS - 1, n_layers - 1, SEGMENT_LAYERS))
+
         def summarize():
             def one(k):
                 weights = sp.csr_matrix(network.layers[k], dtype=np.float64)
-                return _summarize(weights, network.bias, self.originals[k])
+                summary = _summarize(weights, network.bias, self.originals[k])
+                return summary, (_grouped(weights)[4] if k in ends else None)
 
-            return _summary_tables(_map(one, range(network.n_layers), threads, progress,
-                                        "summarize layers"))
+            done = _map(one, range(n_layers), threads, progress, "summarize layers")
+            rows = [stored for _, stored in done if stored is not None]
+            return {**_summary_tables([summary for summary, _ in done]),
+                    "end_rows": _concatenate(rows, np.int32),
+                    "end_start": np.cumsum([0] + [r.size for r in rows]).astype(np.int64)}
 
-        stored = _cached_tables(cache, network, self.originals, 0, network.n_layers, "summaries",
+        stored = _cached_tables(cache, network, self.originals, 0, n_layers, "summaries",
                                 summarize)
         self.summaries = _summaries_from(stored)
         self.settled_after = _settled_after(stored["keeps"])
+        self.ends = {}
+        for index, end in enumerate(ends):
+            rows = stored["end_rows"][stored["end_start"][index]:stored["end_start"][index + 1]]
+            self.ends[end + 1] = _TileRows(rows, int(rows.max(initial=-1)) + 1)
         self.kept_bytes = 0
         self._lock = threading.Lock()
         self._built = {}  # first layer -> Future of its _Packed segment
+
+    def widest(self, scatter_first):
+        """The most rows a tile needs, as far as known before every segment is converted:
+        the first segment's, and those of the layers before the others (a segment that
+        needs more grows the buffers; see :meth:`_Buffers.fit`)."""
+        first = self._segment(0, min(SEGMENT_LAYERS, self.network.n_layers))
+        return max([first.widest(scatter_first)]
+                   + [rows.n_stored for rows in self.ends.values()])
 
     def segments(self):
         n_layers = self.network.n_layers
@@ -1152,7 +1223,8 @@ class _Streamed:
             return future.result()
         try:
             packed = _pack_layers(self.network, self.originals, start, stop, self.settled_after,
-                                  self.cache, self.threads, progress=False, kind="segment")
+                                  self.cache, self.threads, progress=False, kind="segment",
+                                  previous=self.ends.get(start))
         except BaseException as exc:
             with self._lock:
                 del self._built[start]
@@ -1168,7 +1240,7 @@ class _Streamed:
 
 
 #: Version of the converted tables kept on disk; bump when what they hold or mean changes.
-TABLES_VERSION = 1
+TABLES_VERSION = 2
 
 
 class _TableCache:
@@ -1195,8 +1267,9 @@ class _TableCache:
             return None
         constants = [None if c is None else [repr(float(c[0])), int(c[1])]
                      for c in originals[start:stop]]
-        record = [kind, TABLES_VERSION, repr(network.bias), start == 0,
-                  network.layer_keys[start:stop], constants]
+        # A segment's tables depend on the layer before it too (its tile rows).
+        record = [kind, TABLES_VERSION, SEGMENT_LAYERS, repr(network.bias), start == 0,
+                  network.layer_keys[max(0, start - 1):stop], constants]
         return hashlib.sha256(json.dumps(record).encode()).hexdigest()
 
     def load(self, key):
@@ -1261,19 +1334,21 @@ def _map(function, items, threads, progress, desc):
     return results
 
 
-def _pack_layers(network, originals, start, stop, settled_after, cache, threads, progress, kind):
+def _pack_layers(network, originals, start, stop, settled_after, cache, threads, progress, kind,
+                 previous=None):
     """Layers ``start:stop`` of ``network`` as a :class:`_Packed`, mapped from ``cache`` or
     converted ``threads`` layers at a time (and then kept in ``cache``).
 
     ``settled_after`` is the whole network's (see :func:`_settled_after`);
     None when the layers are the whole network, whose tables then give it.
+    ``previous``: the :class:`_TileRows` of layer ``start - 1`` (None for 0).
     """
     def convert():
         def one(k):
             return _Layer(network.layers[k], network.bias, originals[k], first=k == 0)
 
         return _Packed.tables_of(_map(one, range(start, stop), threads, progress,
-                                      "convert layers"), start)
+                                      "convert layers"), start, previous)
 
     tables = _cached_tables(cache, network, originals, start, stop, kind, convert)
     if settled_after is None:
@@ -1291,15 +1366,18 @@ class _ChunkOutcome:
     computed_rows: np.ndarray  # per layer: rows the layer was computed for
     multiply_adds: np.ndarray  # per layer: multiply-adds done (lanes x terms summed)
     layer_seconds: np.ndarray
+    tile_rows: np.ndarray  # per layer reached: rows of its input and output tiles (else 0)
     scattered: bool  # the first layer was scattered from the sparse inputs
 
 
 def _run_chunk(rows, segments, bias, inputs, negative_inputs, input_scale, buffers, n_layers,
-               tile):
+               tile, scatter_first):
     """Follow input ``rows`` through the network's ``segments``; returns a :class:`_ChunkOutcome`.
 
     ``inputs`` are the arrays of all inputs (:func:`_as_inputs`); ``negative_inputs``
-    tells whether any of them is negative, ``input_scale`` bounds their magnitudes.
+    tells whether any of them is negative, ``input_scale`` bounds their magnitudes;
+    ``scatter_first``: the first layer is scattered from them (:func:`_scatter_pays`).
+    ``buffers`` grow where a segment's tiles need more rows than they hold.
     """
     start = time.perf_counter()
     width = _width_for(rows.size, tile)
@@ -1314,15 +1392,13 @@ def _run_chunk(rows, segments, bias, inputs, negative_inputs, input_scale, buffe
     computed = np.zeros(n_layers, dtype=np.int64)
     multiply_adds = np.zeros(n_layers, dtype=np.int64)
     cycles = np.zeros(n_layers, dtype=np.int64)
-    buffer_a, buffer_b, stats_buffer = buffers.arrays
-    scatter_first = False
+    tile_rows = np.zeros((n_layers, 2), dtype=np.int64)
     for packed, following in segments:
-        first = packed.first_layer
-        scatter = _NO_SCATTER
-        if first is not None:
-            scatter = first.scatter
-            scatter_first = _scatter_pays(first, inputs[0], rows)
+        buffers.fit(packed.widest(scatter_first))
+        buffer_a, buffer_b, stats_buffer = buffers.arrays
+        scatter = _NO_SCATTER if packed.first_layer is None else packed.first_layer.scatter
         span = slice(packed.first, packed.first + packed.n_layers)
+        tile_rows[span] = np.stack([packed.tile_in, packed.tile_out], axis=1)
         act_in_b, width, lane_rows, errors, n_saturated, n_flagged, done = _forward(
             packed.first, packed.last, *packed.tables(), following, bias, tile, scatter_first,
             *scatter, *inputs, negative_inputs, input_scale, buffer_a, buffer_b, stats_buffer,
@@ -1338,7 +1414,7 @@ def _run_chunk(rows, segments, bias, inputs, negative_inputs, input_scale, buffe
     total = cycles.sum()
     layer_seconds = cycles * (seconds / total) if total > 0 else np.zeros(n_layers)
     return _ChunkOutcome(survivors, flagged[:n_flagged].copy(), live, computed, multiply_adds,
-                         layer_seconds, scatter_first)
+                         layer_seconds, tile_rows, scatter_first)
 
 
 class CpuEngine(Engine):
@@ -1432,11 +1508,11 @@ class CpuEngine(Engine):
                 self._prepared = (network, tables)
         return timer.seconds
 
-    def _chunk_rows(self, network, n_rows, streamed):
-        """Rows per chunk: within the memory limit, enough chunks to keep the threads busy."""
+    def _chunk_rows(self, widest, n_rows, streamed):
+        """Rows per chunk: within the memory limit for tiles of ``widest`` rows, enough
+        chunks to keep the threads busy."""
         if self.chunk_rows:
             return self.chunk_rows
-        widest = max(max(shape) for shape in network.shapes)
         limit = max(TILE, CHUNK_BYTES // (2 * 8 * widest))
         # A streamed network's segments beyond the budget are read once per
         # chunk: as few chunks as possible.
@@ -1450,15 +1526,20 @@ class CpuEngine(Engine):
         prepare_seconds = self.prepare(network, progress=progress)
         prepared = self._prepared[1]
         n_rows = inputs.shape[0]
-        chunk_rows = self._chunk_rows(network, n_rows, streamed=isinstance(prepared, _Streamed))
-        starts = range(0, n_rows, chunk_rows)
-        widest = max(max(shape) for shape in network.shapes)
         tile = self.tile or TILE
-        n_workers = max(1, min(self.threads, len(starts)))
         with Timer() as total:
             x = _as_inputs(inputs, network.n_features)
             negative_inputs = bool(x[2].size and x[2].min() < 0)
             input_scale = exactness.input_scale(x[2])
+            # One way into the first layer for every chunk, and chunks sized by the
+            # tiles that way needs (computed columns, or the inputs when gathered).
+            first = next(_segments(prepared))[0].first_layer
+            scatter_first = bool(first is not None
+                                 and _scatter_pays(first, x[0], np.arange(n_rows)))
+            widest = prepared.widest(scatter_first)
+            chunk_rows = self._chunk_rows(widest, n_rows, isinstance(prepared, _Streamed))
+            starts = range(0, n_rows, chunk_rows)
+            n_workers = max(1, min(self.threads, len(starts)))
             # One set of buffers per worker, handed from chunk to chunk, and kept
             # for the next call (fresh pages would fault in again every run).
             n_lanes = -(-chunk_rows // tile) * tile
@@ -1474,7 +1555,7 @@ class CpuEngine(Engine):
                     return _run_chunk(np.arange(start, min(start + chunk_rows, n_rows)),
                                       _segments(prepared), network.bias, x,
                                       negative_inputs, input_scale, buffers, network.n_layers,
-                                      tile)
+                                      tile, scatter_first)
                 finally:
                     idle_buffers.put(buffers)
 
@@ -1492,13 +1573,15 @@ class CpuEngine(Engine):
         layer_seconds = _column_sums([o.layer_seconds for o in outcomes], network.n_layers, float)
         computed_rows = _column_sums([o.computed_rows for o in outcomes], network.n_layers, int)
         multiply_adds = _column_sums([o.multiply_adds for o in outcomes], network.n_layers, int)
+        tile_rows = (np.max([o.tile_rows for o in outcomes], axis=0) if outcomes
+                     else np.zeros((network.n_layers, 2), dtype=np.int64))
         return InferenceResult(
             categories=categories, infer_seconds=total.seconds, engine=self.name,
             prepare_seconds=prepare_seconds, live_rows=live_rows, layer_seconds=layer_seconds,
             rechecked_rows=int(flagged.size),
             details={"threads": n_workers, "chunks": len(starts), "chunk_rows": chunk_rows,
                      "tile": tile, "computed_rows": computed_rows,
-                     "multiply_adds": multiply_adds,
+                     "multiply_adds": multiply_adds, "tile_rows": tile_rows.tolist(),
                      "first_layer": "scatter" if any(o.scattered for o in outcomes) else "gather"})
 
 
@@ -1532,4 +1615,4 @@ def _warm_up():
     # (every kernel runs); then the kernel for biases >= 0.
     for network in (Network([one * 40.0, one, one * 0.5], -0.25), Network([one, one], 0.25)):
         _run_chunk(np.arange(2), _segments(_pack(network)), network.bias, inputs,
-                   False, YMAX, _Buffers(TILE, 1), network.n_layers, TILE)
+                   False, YMAX, _Buffers(TILE, 1), network.n_layers, TILE, False)
