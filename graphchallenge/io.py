@@ -822,6 +822,26 @@ def row_block(matrix, start, stop):
     return block
 
 
+def select_rows(matrix, rows):
+    """Rows ``rows`` (in that order) of CSR ``matrix``, reading only their entries.
+
+    scipy's ``matrix[rows]`` first writes out a stride-0 value view whole
+    (see :func:`read_inputs`): 0.5 s for two rows of the 60,000 inputs of
+    4096 neurons, and 3.2 GB at 65536.
+    """
+    if not (sp.issparse(matrix) and matrix.format == "csr"):
+        matrix = sp.csr_matrix(matrix)
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = matrix.indptr[rows].astype(np.int64)
+    counts = matrix.indptr[rows + 1].astype(np.int64) - starts
+    indptr = np.zeros(rows.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    # Entry q of the result is entry starts[row] + (q - indptr[row]) of the matrix.
+    take = np.repeat(starts - indptr[:-1], counts) + np.arange(indptr[-1])
+    return sp.csr_matrix((matrix.data[take], matrix.indices[take], indptr),
+                         shape=(rows.size, matrix.shape[1]))
+
+
 def read_categories(path):
     """Read a categories (truth) file: one 1-based row index a line.
 

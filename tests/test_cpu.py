@@ -747,6 +747,33 @@ def test_first_layer_scattered_or_gathered_equals_the_reference(engine, rng, mon
     assert calls and set(calls) == {scatter}
 
 
+@pytest.mark.parametrize("one_weight", [True, False], ids=["one weight", "weights"])
+def test_a_first_layer_of_equal_degree_is_scattered_without_pointers(engine, rng, monkeypatch,
+                                                                     one_weight):
+    # Every input feeds exactly two outputs (as in every challenge layer, copies
+    # aside): rows of W are found at k * 2, and one stored weight serves all.
+    n_in, n_out = 120, 30
+    rows = np.repeat(np.arange(n_in), 2)
+    cols = np.concatenate([rng.choice(n_out, size=2, replace=False) for _ in range(n_in)])
+    weights = np.full(rows.size, 0.2) if one_weight else rng.uniform(0.1, 0.3, rows.size)
+    first = sp.csr_matrix((weights, (rows, cols)), shape=(n_in, n_out))
+    layer = cpu._Layer(first, -0.3, first=True)
+    assert layer.n_stored == n_out  # no two columns equal
+    assert layer.scatter[3].tolist() == [2, 0 if one_weight else 1]
+    assert layer.scatter[2].size == (1 if one_weight else rows.size)
+    uneven = cpu._Layer(random_layer(rng, n_in, n_out, per_column=5), -0.3, first=True)
+    assert uneven.scatter[3][0] == 0  # degrees differ: pointers are read
+    monkeypatch.setattr(cpu, "_scatter_pays", lambda *args: True)
+    inputs = random_inputs(rng, 500, n_in, density=0.1)
+    for layers in ([first, random_layer(rng, n_out, 20, 4)], [random_layer(rng, n_in, n_out, 5)]):
+        network = Network(layers, -0.3)
+        expected = forward_categories(layers, -0.3, inputs).tolist()
+        assert 0 < len(expected) < 500
+        result = engine.infer(network, inputs)
+        assert result.categories.tolist() == expected
+        assert result.details["first_layer"] == "scatter"
+
+
 def test_the_real_network_and_its_compaction_are_both_scattered(real_challenge):
     # Scattered, the original's first layer sums only its 64 distinct columns
     # (2 computed weights per input, as after compaction, and 64 tile rows); measured faster

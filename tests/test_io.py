@@ -378,6 +378,20 @@ def test_a_row_block_shares_the_values_and_keeps_a_one_value_view(tmp_path, rng)
     assert io.read_inputs(tmp_path / "x.csr", 30, n_inputs=7).data.strides == (0,)
 
 
+def test_selected_rows_match_scipy_and_keep_a_one_value_view_small(tmp_path, rng):
+    inputs = random_inputs(rng, 40, 30, density=0.2)
+    inputs.data[:] = rng.uniform(0.5, 2.0, inputs.nnz)
+    for rows in ([3, 17, 4], [39], [], [5, 5, 0]):
+        assert (io.select_rows(inputs, rows) != inputs[rows]).nnz == 0
+        assert io.select_rows(inputs, rows).shape == (len(rows), 30)
+    inputs.data[:] = 1.0
+    io.save_csr(tmp_path / "x.csr", inputs)
+    read = io.read_inputs(tmp_path / "x.csr", 30)
+    assert read.data.strides == (0,)
+    picked = io.select_rows(read, [8, 2])
+    assert (picked != inputs[[8, 2]]).nnz == 0 and picked.data.size == picked.nnz
+
+
 def test_a_row_block_is_known_canonical_only_where_its_matrix_is(rng):
     inputs = random_inputs(rng, 20, 30)
     assert io.row_block(inputs, 2, 9).has_canonical_format

@@ -53,6 +53,7 @@ larger of the derived layer's and the original's (:func:`paired_constants`).
 import numpy as np
 import scipy.sparse as sp
 
+from .. import io
 from ..catalog import YMAX
 
 
@@ -240,6 +241,7 @@ def recheck(network, inputs, categories, flagged, settled_after=None):
     if flagged.size == 0:
         return np.asarray(categories, dtype=np.int64)
     exact = network.exact_reference
-    sub = forward_categories(exact.layers, exact.bias, inputs[flagged], settled_after)
+    sub = forward_categories(exact.layers, exact.bias, io.select_rows(inputs, flagged),
+                             settled_after)
     keep = np.setdiff1d(np.asarray(categories, dtype=np.int64), flagged + 1)
     return np.union1d(keep, flagged[sub - 1] + 1).astype(np.int64)
