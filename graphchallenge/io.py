@@ -791,7 +791,8 @@ def read_inputs(path, neurons, n_inputs=None, cache=True, progress=False, block_
         matrix = _cached(path, f"inputs{neurons}", build, cache, one_value_view=True)
     # Checked once here, not inside an engine's timer: scipy keeps the answer on the
     # matrix (one pass over 392 million pixels at 65536 neurons), and row blocks inherit it.
-    matrix.has_canonical_format
+    if not matrix.has_canonical_format:
+        log.debug("%s: pixels out of order or given twice; engines sum them on a copy", path)
     if n_inputs is not None:
         if n_inputs < 1:
             raise DataError(f"--inputs must be at least 1 (got {n_inputs})")
