@@ -461,7 +461,8 @@ def test_a_streamed_segment_wider_than_foreseen_grows_the_tiles(tmp_path, rng, m
     assert 0 < len(expected) < 600
     engine = cpu.CpuEngine(threads=2, chunk_rows=150, table_cache=False)
     engine.prepare(network)
-    assert engine._prepared[1].widest(True) == 24
+    streamed = engine._prepared[1]
+    assert cpu._widest(streamed, next(cpu._segments(streamed))[0], True) == 24
     assert engine.infer(network, inputs).categories.tolist() == expected
     assert all(buffers.widest >= 90 for buffers in engine._buffers)
 

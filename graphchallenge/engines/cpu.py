@@ -995,10 +995,7 @@ def _as_inputs(inputs, n_features):
     if inputs.ndim != 2 or inputs.shape[1] != n_features:
         raise DataError(f"inputs have {inputs.shape[-1]} columns but the network's first layer "
                         f"has {n_features} inputs")
-    # Not wrapped again when already float64 CSR: scipy's constructor may copy the
-    # indices, and the object keeps its canonical-format flag for the next call.
-    x = inputs if sp.issparse(inputs) and inputs.format == "csr" and inputs.dtype == np.float64 \
-        else sp.csr_matrix(inputs, dtype=np.float64)
+    x = io.as_csr(inputs, np.float64)
     if not x.has_canonical_format:
         # An entry given twice counts twice, as in the product (on a copy: never mutate).
         x = x.copy()
@@ -1218,14 +1215,6 @@ class _Streamed:
         self.kept_bytes = 0
         self._lock = threading.Lock()
         self._built = {}  # first layer -> Future of its _Packed segment
-
-    def widest(self, scatter_first):
-        """The most rows a tile needs, as far as known before every segment is converted:
-        the first segment's, and those of the layers before the others (a segment that
-        needs more grows the buffers; see :meth:`_Buffers.fit`)."""
-        first = self._segment(0, min(SEGMENT_LAYERS, self.network.n_layers))
-        return max([first.widest(scatter_first)]
-                   + [rows.n_stored for rows in self.ends.values()])
 
     def segments(self):
         n_layers = self.network.n_layers
@@ -1554,10 +1543,10 @@ class CpuEngine(Engine):
             input_scale = exactness.input_scale(x[2])
             # One way into the first layer for every chunk, and chunks sized by the
             # tiles that way needs (computed columns, or the inputs when gathered).
-            first = next(_segments(prepared))[0].first_layer
-            scatter_first = bool(first is not None
-                                 and _scatter_pays(first, x[0], np.arange(n_rows)))
-            widest = prepared.widest(scatter_first)
+            first = next(_segments(prepared))[0]
+            scatter_first = bool(first.first_layer is not None
+                                 and _scatter_pays(first.first_layer, x[0], np.arange(n_rows)))
+            widest = _widest(prepared, first, scatter_first)
             chunk_rows = self._chunk_rows(widest, n_rows, isinstance(prepared, _Streamed))
             starts = range(0, n_rows, chunk_rows)
             n_workers = max(1, min(self.threads, len(starts)))
@@ -1604,6 +1593,16 @@ class CpuEngine(Engine):
                      "tile": tile, "computed_rows": computed_rows,
                      "multiply_adds": multiply_adds, "tile_rows": tile_rows.tolist(),
                      "first_layer": "scatter" if any(o.scattered for o in outcomes) else "gather"})
+
+
+def _widest(prepared, first, scatter_first):
+    """The most rows a tile needs, as far as known before a streamed network's later segments
+    are converted: those of ``first``, its first segment, and of the layers before the others
+    (a segment that needs more grows the buffers; see :meth:`_Buffers.fit`). At least 1."""
+    rows = [first.widest(scatter_first), 1]
+    if isinstance(prepared, _Streamed):
+        rows += [ends.n_stored for ends in prepared.ends.values()]
+    return max(rows)
 
 
 def _column_sums(per_chunk, n_layers, kind):
